@@ -1,0 +1,90 @@
+"""Equilibrium Propagation estimators (SPEC.md §4).
+
+All variants compare ⟨∂Φ/∂θ⟩ at two state sets `a`, `b` with a coefficient `c`:
+`θ.grad = −c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))`, computed as one autograd call on Φ over the stacked batch
+(states held fixed; the nudge term of Φ does not depend on θ).
+
+| variant      | a    | b    | c       |
+|--------------|------|------|---------|
+| symmetric    | s⁺β  | s⁻β  | 1/(2β)  |  the paper's default (three phases)
+| positive     | s⁺β  | s⁰   | 1/β     |  two-phase EP
+| negative     | s⁰   | s⁻β  | 1/β     |  one-sided with −β
+| random_sign  | s^±β | s⁰   | 1/(±β)  |  sign of β drawn per batch (Laborieux et al. 2021)
+
+The symmetric variant runs its +β and −β phases as one batch of 2B (one set of large matmuls per step).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from seqep.estimators.base import Estimator, StepOutput, mse_loss, set_grads
+from seqep.network import HopfieldEPNet
+from seqep.relax import RelaxResult, relax
+
+VARIANTS = ("symmetric", "positive", "negative", "random_sign")
+
+
+class EP(Estimator):
+    name = "ep"
+
+    def __init__(self, T: int, K: int, betas=(0.0, 0.1), variant: str = "symmetric", field_mode: str = "closed",
+                 tol: float | None = None, generator: torch.Generator | None = None) -> None:
+        super().__init__(T, K, field_mode, tol)
+        if variant not in VARIANTS:
+            raise ValueError(f"algorithm.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.beta_free, self.beta = float(betas[0]), float(betas[1])
+        if self.beta == 0.0:
+            raise ValueError("algorithm.betas[1] (the nudging β) must be non-zero for EP")
+        self.variant, self.generator = variant, generator
+
+    def nudged_phase(self, net: HopfieldEPNet, x: Tensor, start, beta: float | Tensor, target: Tensor,
+                     drive=None, keys=None) -> RelaxResult:
+        return relax(net, x, start, self.K, beta, target, field_mode=self.field_mode, drive=drive, keys=keys)
+
+    def compute_gradients(self, net: HopfieldEPNet, x: Tensor, y: Tensor) -> StepOutput:
+        target = self.target(net, y, x)
+        closed = self.field_mode == "closed"
+        with torch.no_grad():
+            drive = net.input_drive(x) if closed else None
+            keys = net.keys(x)
+            free = self.free_phase(net, x, beta=self.beta_free, target=target, drive=drive, keys=keys)
+            s0, beta, phases = free.states, self.beta, {}
+            if self.variant == "symmetric":
+                both = self._symmetric_phases(net, x, s0, target, drive, keys)
+                phases["plus"], phases["minus"] = both
+                a, b, c = both[0].states, both[1].states, 1.0 / (2 * beta)
+            elif self.variant == "positive":
+                phases["plus"] = self.nudged_phase(net, x, s0, beta, target, drive, keys)
+                a, b, c = phases["plus"].states, s0, 1.0 / beta
+            elif self.variant == "negative":
+                phases["minus"] = self.nudged_phase(net, x, s0, -beta, target, drive, keys)
+                a, b, c = s0, phases["minus"].states, 1.0 / beta
+            else:  # random_sign
+                sign = 1.0 if torch.rand((), generator=self.generator).item() < 0.5 else -1.0
+                key = "plus" if sign > 0 else "minus"
+                phases[key] = self.nudged_phase(net, x, s0, sign * beta, target, drive, keys)
+                a, b, c = phases[key].states, s0, 1.0 / (sign * beta)
+        set_grads(net, self.phi_difference_grads(net, x, a, b, c))
+        return StepOutput(mse_loss(net.output(s0), target), net.output(s0), free, phases)
+
+    def _symmetric_phases(self, net, x, s0, target, drive, keys) -> tuple[RelaxResult, RelaxResult]:
+        """+β and −β phases from s⁰ as one batch of 2B."""
+        B = x.shape[0]
+        two = lambda t: torch.cat([t, t]) if t is not None else None
+        beta = torch.cat([x.new_full((B,), self.beta), x.new_full((B,), -self.beta)])
+        keys2 = (two(keys[0]), two(keys[1]))
+        res = self.nudged_phase(net, two(x), [two(s) for s in s0], beta, two(target), two(drive), keys2)
+        plus, minus = slice(0, B), slice(B, 2 * B)
+        return tuple(RelaxResult([s[part] for s in res.states], res.steps, res.max_change[part],
+                                 res.mean_change[part]) for part in (plus, minus))
+
+    @staticmethod
+    def phi_difference_grads(net: HopfieldEPNet, x: Tensor, a, b, c: float):
+        """`−c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))` for every parameter, one autograd call over the 2B stack."""
+        B = x.shape[0]
+        with torch.enable_grad():
+            phi = net.phi(torch.cat([x, x]), [torch.cat([sa, sb]) for sa, sb in zip(a, b)])
+            surrogate = -c * (phi[:B].sum() - phi[B:].sum()) / B
+            return torch.autograd.grad(surrogate, list(net.parameters()), allow_unused=True)

@@ -1,0 +1,20 @@
+"""Small float64 models and inputs shared by the engine, estimator and GDU tests."""
+
+import torch
+
+from seqep.network import build_model
+
+SMALL = {"sentiment": dict(seq_len=4, embed_dim=6, fc=[10, 3]), "nli": dict(seq_len=3, embed_dim=5, fc=[8, 7, 3])}
+
+
+def small_net(kind, dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(kind, **{**SMALL[kind], **kw}).to(dtype)
+
+
+def small_input(net, B=5, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    S = net.seq_len * net.n_seg
+    x = torch.randn(B, S, net.embed_dim, generator=g, dtype=dtype)
+    y = torch.randint(0, net.n_classes, (B,), generator=g)
+    return x, y
