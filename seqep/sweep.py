@@ -1,0 +1,153 @@
+"""Sweep results: one table and one figure per multirun.
+
+`AggregateSweep` is a Hydra callback (conf/config.yaml, `hydra.callbacks.aggregate_sweep`): when a multirun ends
+it reads every job's `summary.json` and `.hydra/overrides.yaml` and writes, in the sweep directory,
+    sweep_results.csv   one row per job: job number, run dir, the swept keys, every summary metric
+    sweep_results.png   accuracy against the swept keys (seaborn)
+The same from a shell, e.g. after SLURM jobs finished on their own: `python -m seqep.sweep <sweep dir>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+RESULTS_CSV = "sweep_results.csv"
+RESULTS_PNG = "sweep_results.png"
+ACCURACY_KEYS = ("test/acc", "val/best_acc", "val/acc")  # plotted when present, in this order
+
+
+def _parse_override(text: str) -> tuple[str, Any] | None:
+    """`algorithm.T=20` -> ("algorithm.T", 20); group choices stay strings; `+`/`~` prefixes dropped."""
+    if "=" not in text:
+        return None
+    key, value = text.split("=", 1)
+    key = key.lstrip("+~")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, (list, dict)):
+        parsed = json.dumps(parsed)  # one cell, e.g. "[0.0, 0.1]"
+    return key, parsed
+
+
+def collect(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per job directory holding a summary.json; columns `job`, `run_dir`, override keys, metrics."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for summary_path in sorted(sweep_dir.glob("**/summary.json")):
+        job_dir = summary_path.parent
+        row: dict[str, Any] = {"job": job_dir.name, "run_dir": str(job_dir)}
+        overrides_path = job_dir / ".hydra" / "overrides.yaml"
+        if overrides_path.exists():
+            for text in yaml.safe_load(overrides_path.read_text()) or []:
+                parsed = _parse_override(str(text))
+                if parsed is not None:
+                    row[parsed[0]] = parsed[1]
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError as err:
+            log.warning("skipping %s: not valid JSON (%s)", summary_path, err)
+            continue
+        for key, value in summary.items():
+            if isinstance(value, (int, float, str, bool)) or value is None:
+                row[key] = value
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        numeric_jobs = pd.to_numeric(df["job"], errors="coerce")
+        df = df.assign(_order=numeric_jobs).sort_values(["_order", "job"]).drop(columns="_order")
+    return df.reset_index(drop=True)
+
+
+def swept_keys(df: pd.DataFrame) -> list[str]:
+    """Override columns whose value differs between jobs (the sweep's axes), in column order."""
+    metric_like = {"job", "run_dir"}
+    keys = []
+    for col in df.columns:
+        if col in metric_like or "/" in col:  # metrics are namespaced: test/acc, val/best_acc, ...
+            continue
+        if df[col].astype(str).nunique() > 1:
+            keys.append(col)
+    return keys
+
+
+def plot(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Accuracy (test and best validation) against the swept keys: x = first key, hue = second, columns =
+    the rest combined. Returns the path, or None when no job reported an accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    metrics = [k for k in ACCURACY_KEYS if k in df.columns and df[k].notna().any()]
+    if not metrics:
+        return None
+    keys = swept_keys(df) or ["job"]
+    data = df.melt(id_vars=[c for c in df.columns if c not in metrics], value_vars=metrics,
+                   var_name="metric", value_name="accuracy")
+    data = data.dropna(subset=["accuracy"])
+    x = keys[0]
+    hue = keys[1] if len(keys) > 1 else None
+    col = None
+    if len(keys) > 2:
+        col = " ".join(keys[2:])
+        data[col] = data[keys[2:]].astype(str).agg(", ".join, axis=1)
+    values = list(dict.fromkeys(data[x]))  # first-appearance order; numeric axes sorted numerically
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        values = sorted(values)
+    data[x] = data[x].astype(str)
+    if hue:
+        data[hue] = data[hue].astype(str)
+    sns.set_theme(style="whitegrid")
+    grid = sns.catplot(data=data, x=x, y="accuracy", hue=hue, row="metric", col=col, kind="point",
+                       order=[str(v) for v in values], height=3.2, aspect=1.4, dodge=0.2 if hue else False,
+                       sharey=False, errorbar=("pi", 100))  # several seeds per point: the min-max range
+    grid.figure.suptitle(f"sweep: {Path(path).parent.name}  ({len(df)} jobs)", y=1.02)
+    path = Path(path)
+    grid.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(grid.figure)
+    return path
+
+
+def aggregate(sweep_dir: str | Path) -> pd.DataFrame:
+    """Write sweep_results.csv and sweep_results.png into `sweep_dir`; returns the table."""
+    sweep_dir = Path(sweep_dir)
+    df = collect(sweep_dir)
+    if df.empty:
+        log.warning("no summary.json under %s: nothing to aggregate", sweep_dir)
+        return df
+    df.to_csv(sweep_dir / RESULTS_CSV, index=False)
+    png = plot(df, sweep_dir / RESULTS_PNG)
+    shown = [c for c in ["job", *swept_keys(df), *ACCURACY_KEYS] if c in df.columns]
+    print(f"sweep results ({len(df)} jobs) -> {sweep_dir / RESULTS_CSV}" + (f", {png}" if png else ""))
+    print(df[shown].to_string(index=False))
+    return df
+
+
+class AggregateSweep(Callback):
+    """Hydra callback: aggregate a multirun's job summaries when the sweep ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            aggregate(config.hydra.sweep.dir)
+        except Exception as err:  # a plotting problem must not turn a finished sweep into a failure
+            log.warning("could not aggregate the sweep in %s: %s", config.hydra.sweep.dir, err)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m seqep.sweep <sweep dir>")
+    aggregate(sys.argv[1])

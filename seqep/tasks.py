@@ -1,0 +1,133 @@
+"""`dispatch(cfg)`: what every job does before and after its task.
+
+validate -> run directory -> seed -> device -> W&B group -> resolved config.yaml -> the task -> summary dict.
+The task modules are imported only when their task runs (`task=bench` does not need the trainer and back).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from seqep.config import validate
+from seqep.errors import SeqepError
+from seqep.utils import configure_threads, resolve_device, seed_everything
+
+# task name -> (module, function); each function is `fn(cfg, run_dir) -> dict` (docs/architecture.md)
+TASKS = {
+    "train": ("seqep.train", "run_training"),
+    "test": ("seqep.train", "run_test"),
+    "gdu": ("seqep.gdu", "run_gdu"),
+    "bench": ("seqep.bench", "run_bench"),
+}
+
+
+def _hydra_config() -> DictConfig | None:
+    """Hydra's own config when running under @hydra.main (or the compose API), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """Hydra's output dir for this job; under the compose API `paths.run_dir` or a fresh outputs/<date>/<time>."""
+    hc = _hydra_config()
+    out = OmegaConf.select(hc, "runtime.output_dir", default=None) if hc is not None else None
+    if out:
+        path = Path(out)
+    elif cfg.paths.run_dir:
+        path = Path(cfg.paths.run_dir)
+    else:
+        now = datetime.now()
+        path = Path(cfg.paths.output_root) / f"{now:%Y-%m-%d}" / f"{now:%H-%M-%S-%f}_{cfg.name}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sweep_group(hc: DictConfig | None) -> str | None:
+    """The W&B group of a multirun job: the sweep directory's name with its date, e.g.
+    `2025-11-28_12-00-00-123456_sweep_t_k`; None outside a multirun."""
+    from hydra.types import RunMode
+
+    if hc is None or OmegaConf.select(hc, "mode", default=None) != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hc.sweep.dir))
+    return f"{sweep_dir.parent.name}_{sweep_dir.name}" if sweep_dir.parent.name else sweep_dir.name
+
+
+def parallel_jobs(hc: DictConfig | None) -> int:
+    """How many jobs of this sweep run side by side on this machine (joblib's n_jobs), for thread sharing."""
+    if hc is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_", default="")):
+        return 1
+    n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=1))
+    return n_jobs if n_jobs > 0 else 1
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
+    """Validate, make the run directory, seed, resolve device and W&B group, write config.yaml.
+
+    Returns the job's config (a copy without the `hydra` node, `device` resolved to what runs) and run dir.
+    """
+    cfg = copy.deepcopy(cfg)
+    if "hydra" in cfg:  # compose(..., return_hydra_config=True): ${hydra:...} does not resolve outside a run
+        with open_dict(cfg):
+            cfg.pop("hydra")
+    validate(cfg)
+    hc = _hydra_config()
+    run_dir = resolve_run_dir(cfg)
+    configure_threads(parallel_jobs(hc))
+    seed_everything(cfg.seed)
+    cfg.device = str(resolve_device(cfg.device))
+    if cfg.logger.wandb.group is None:
+        cfg.logger.wandb.group = sweep_group(hc)
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # an interpolation in a user override that points nowhere
+        raise SeqepError(f"the config does not resolve: {str(err).splitlines()[0]}") from err
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    return cfg, run_dir
+
+
+def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Import the task's module and call it."""
+    module_name, fn_name = TASKS[cfg.task]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise SeqepError(f"task={cfg.task} is not available in this install ({module_name} is missing)") from err
+    return getattr(module, fn_name)(cfg, run_dir)
+
+
+def dispatch(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job; returns its summary (Hydra hands it to callbacks as the job's return value)."""
+    cfg, run_dir = prepare(cfg)
+    summary = run_task(cfg, run_dir) or {}
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():  # train/test write their own; gdu/bench summaries are written here
+        summary_path.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: tensors/numpy scalars to numbers, NaN/Inf to null, unknown objects to strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+

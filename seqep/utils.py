@@ -1,0 +1,54 @@
+"""Small helpers for every task: seeding, device and dtype resolution, CPU threads."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from seqep.errors import SeqepError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` -> cuda if available, else cpu; `cuda`/`cuda:N`/`mps` must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SeqepError(f"device={spec} but torch sees no CUDA device (torch {torch.__version__}); "
+                             "use device=cpu or device=auto")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise SeqepError(f"device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist: "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise SeqepError("device=mps but the MPS backend is not available; use device=cpu or device=auto")
+    return torch.device(spec)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`float32` | `float64` -> the torch dtype."""
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def configure_threads(parallel_jobs: int = 1) -> int:
+    """Share the CPU among jobs running side by side (joblib sweeps): cpu_count // jobs torch threads each.
+
+    An explicit OMP_NUM_THREADS wins. Returns the number of threads set.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    if parallel_jobs > 1 or "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
