@@ -1,0 +1,142 @@
+"""EP diagnostics: whether the network settled, whether outputs are dead, whether EP still tracks BPTT.
+
+Stable metric names (metrics file and W&B; phase = free, plus, minus):
+
+- `relax/<phase>/max_change`, `relax/<phase>/mean_change`: largest / mean |Δs| at the phase's last step
+- `relax/<phase>/frac_unsettled`: fraction of examples whose largest change is above `diagnostics.tol`
+- `relax/<phase>/steps`: relaxation steps used (< T or K only with the early stop `algorithm.tol`)
+- `relax/<phase>/phi`: Φ at the end of the phase, batch mean
+- `out/tie_rate`: fraction of examples whose output neurons all sit at the activation's floor (dead outputs)
+- `out/sat/<layer>`: fraction of a dense layer's units at the activation's floor or ceiling
+- `attn/entropy/<block>`: mean entropy (nats, at most log L) of each projection block's attention rows
+- `grad/norm/<param>`, `grad/weight_norm/<param>`, `grad/update_ratio/<param>` (‖Δθ‖/‖θ‖ of the step)
+- `ep/probe/cos/<param>`, `ep/probe/rel_err/<param>`, `ep/probe/cos_min`: the estimate in use against BPTT
+  from equilibrium on a fixed probe batch
+
+SPEC.md §8 says why each matters on the default data.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seqep.estimators import BPTT, Estimator, StepOutput, grads_by_name
+from seqep.network import ACTIVATION_FLOOR, HopfieldEPNet, States, one_hot
+from seqep.relax import RelaxResult
+
+ACTIVATION_CEIL = {"my_hard_sig": 1.0, "hard_sigmoid": 1.0, "my_sigmoid": 1.0, "sigmoid": 1.0, "tanh": 1.0}
+SATURATION_EPS = 1e-6  # exactly at the bound for the clamps; sigmoid-like units come within this of it
+BLOCK_NAMES = {"sentiment": ["s1"], "nli": ["s1", "s2", "s3", "s4"]}
+
+
+def dense_layer_names(net: HopfieldEPNet) -> list[str]:
+    return [f"h{i + 1}" for i in range(len(net.fc) - 1)] + ["out"]
+
+
+def convergence(res: RelaxResult, tol: float) -> dict[str, float]:
+    """Settling of one phase from its last step's state change."""
+    return {
+        "max_change": res.max_change.max().item(),
+        "mean_change": res.mean_change.mean().item(),
+        "frac_unsettled": (res.max_change > tol).float().mean().item(),
+        "steps": float(res.steps),
+    }
+
+
+def output_health(net: HopfieldEPNet, states: States) -> dict[str, float]:
+    """Dead outputs (all output neurons at the floor: argmax ties) and saturation of every dense layer."""
+    floor, ceil = ACTIVATION_FLOOR[net.activation], ACTIVATION_CEIL[net.activation]
+    out = net.output(states)
+    metrics = {"out/tie_rate": (out <= floor + SATURATION_EPS).all(1).float().mean().item()}
+    for name, s in zip(dense_layer_names(net), states[1:]):
+        at_bound = (s <= floor + SATURATION_EPS) | (s >= ceil - SATURATION_EPS)
+        metrics[f"out/sat/{name}"] = at_bound.float().mean().item()
+    return metrics
+
+
+def attention_entropy(net: HopfieldEPNet, x: Tensor, states: States) -> dict[str, float]:
+    """Mean entropy of the attention rows each block would use for its next update, per block."""
+    g_proj = net.fields(x, states)[0]
+    keys, mask = net.keys(x)
+    scores = net.attn_scale * (g_proj @ keys.transpose(-1, -2))
+    if mask is not None:
+        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+    logp = torch.log_softmax(scores, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1).mean((0, 2))  # (n_proj,)
+    return {f"attn/entropy/{n}": e.item() for n, e in zip(BLOCK_NAMES[net.kind], entropy)}
+
+
+def phase_metrics(net: HopfieldEPNet, x: Tensor, y: Tensor, out: StepOutput, tol: float,
+                  beta: float | None = None) -> dict[str, float]:
+    """Everything measurable from one training step's phases (no extra relaxation)."""
+    metrics: dict[str, float] = {}
+    target = one_hot(y, net.n_classes, x.dtype)
+    with torch.no_grad():
+        for phase, res in {"free": out.free, **out.phases}.items():
+            for key, value in convergence(res, tol).items():
+                metrics[f"relax/{phase}/{key}"] = value
+            b = 0.0 if phase == "free" or beta is None else (beta if phase == "plus" else -beta)
+            xs = x[: res.states[0].shape[0]]
+            metrics[f"relax/{phase}/phi"] = net.phi(xs, res.states, b, target).mean().item()
+        metrics.update(output_health(net, out.free.states))
+        metrics.update(attention_entropy(net, x, out.free.states))
+    return metrics
+
+
+def gradient_metrics(net: HopfieldEPNet, before: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """Gradient and weight norms per parameter; with the weights from before the optimizer step, the
+    update/weight ratio ‖Δθ‖/‖θ‖ too."""
+    metrics = {}
+    for name, p in net.named_parameters():
+        weight_norm = p.detach().norm().item()
+        metrics[f"grad/norm/{name}"] = p.grad.norm().item() if p.grad is not None else 0.0
+        metrics[f"grad/weight_norm/{name}"] = weight_norm
+        if before is not None:
+            metrics[f"grad/update_ratio/{name}"] = (p.detach() - before[name]).norm().item() / max(weight_norm, 1e-12)
+    return metrics
+
+
+def probe(net: HopfieldEPNet, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Cosine and relative error between the estimator in use and BPTT from the free equilibrium, per tensor.
+
+    BPTT runs T free steps without a graph, then K with one: the true gradient of the loss reached by K more
+    steps from (near) equilibrium — what EP approximates. Leaves `p.grad` as it found it."""
+    saved = {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
+    reference = BPTT(estimator.T + estimator.K, estimator.K, field_mode=estimator.field_mode)
+    if isinstance(estimator, BPTT):
+        from seqep.estimators import EP  # a BPTT run is probed with symmetric EP at a small β
+
+        estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode)
+    estimator.compute_gradients(net, x, y)
+    est = grads_by_name(net)
+    reference.compute_gradients(net, x, y)
+    ref = grads_by_name(net)
+    for n, p in net.named_parameters():
+        p.grad = saved[n]
+    metrics = {}
+    for name in ref:
+        a, b = est[name].flatten(), ref[name].flatten()
+        metrics[f"ep/probe/cos/{name}"] = F.cosine_similarity(a, b, dim=0, eps=1e-30).item()
+        metrics[f"ep/probe/rel_err/{name}"] = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    metrics["ep/probe/cos_min"] = min(v for k, v in metrics.items() if k.startswith("ep/probe/cos/"))
+    return metrics
+
+
+class EpochAverager:
+    """Running means of per-batch metrics over an epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] += v
+            self.counts[k] += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}

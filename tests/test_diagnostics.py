@@ -1,0 +1,111 @@
+"""Each EP diagnostic on a tiny model against a hand-computed value."""
+
+import math
+
+import pytest
+import torch
+
+from seqep.diagnostics import (
+    EpochAverager,
+    attention_entropy,
+    convergence,
+    gradient_metrics,
+    output_health,
+    phase_metrics,
+    probe,
+)
+from seqep.estimators import EP
+from seqep.relax import relax
+
+from small_models import small_input, small_net
+
+
+def test_unsettled_state_reports_residual_above_tolerance():
+    net = small_net("sentiment")
+    x, _ = small_input(net)
+    early = convergence(relax(net, x, net.init_states(5), 2), tol=1e-6)
+    assert early["max_change"] > 1e-6 and early["frac_unsettled"] == 1.0 and early["steps"] == 2.0
+    settled = convergence(relax(net, x, net.init_states(5), 300), tol=1e-6)
+    assert settled["max_change"] < 1e-12 and settled["frac_unsettled"] == 0.0
+
+
+def test_output_bias_minus_five_gives_tie_rate_one():
+    net = small_net("sentiment")
+    x, _ = small_input(net)
+    with torch.no_grad():
+        net.synapses[-1].bias.fill_(-5.0)
+    states = relax(net, x, net.init_states(5), 30).states
+    health = output_health(net, states)
+    assert health["out/tie_rate"] == 1.0 and health["out/sat/out"] == 1.0
+    with torch.no_grad():
+        net.synapses[-1].bias.fill_(+0.5)
+    assert output_health(net, relax(net, x, net.init_states(5), 30).states)["out/tie_rate"] == 0.0
+
+
+def test_saturation_counts_units_at_either_bound():
+    net = small_net("sentiment")  # fc [10, 3], my_hard_sig in [0, 1]
+    states = net.init_states(2)
+    states[1] = torch.tensor([[0.0] * 5 + [0.5] * 3 + [1.0] * 2] * 2, dtype=torch.float64)
+    states[2] = torch.tensor([[0.2, 0.0, 0.3], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    health = output_health(net, states)
+    assert health["out/sat/h1"] == pytest.approx(7 / 10)
+    assert health["out/sat/out"] == pytest.approx(4 / 6)
+    assert health["out/tie_rate"] == pytest.approx(1 / 2)
+
+
+def test_attention_entropy_uniform_and_peaked():
+    net = small_net("nli")
+    x, _ = small_input(net)
+    # identical tokens in every position -> every row is uniform -> entropy log L
+    same = x[:, :1].expand(-1, x.shape[1], -1).contiguous()
+    ent = attention_entropy(net, same, net.init_states(5))
+    assert set(ent) == {f"attn/entropy/s{i}" for i in range(1, 5)}
+    for v in ent.values():
+        assert v == pytest.approx(math.log(net.seq_len), rel=1e-9)
+    with torch.no_grad():  # a huge scale makes the attention one-hot -> entropy ~ 0
+        net.attn_scale = 1e6
+    assert max(attention_entropy(net, x, relax(net, x, net.init_states(5), 3).states).values()) < 1e-3
+
+
+def test_phase_metrics_phi_and_names():
+    net = small_net("sentiment")
+    x, y = small_input(net)
+    out = EP(40, 10, [0.0, 0.1]).compute_gradients(net, x, y)
+    m = phase_metrics(net, x, y, out, tol=1e-3, beta=0.1)
+    for phase in ("free", "plus", "minus"):
+        for key in ("max_change", "mean_change", "frac_unsettled", "steps", "phi"):
+            assert f"relax/{phase}/{key}" in m
+    assert m["relax/free/steps"] == 40 and m["relax/plus/steps"] == 10
+    assert m["relax/free/phi"] == pytest.approx(net.phi(x, out.free.states).mean().item())
+
+
+def test_gradient_metrics_norms_and_update_ratio():
+    net = small_net("sentiment")
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 2.0)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.1)
+    m = gradient_metrics(net, before)
+    w = net.synapses[1].weight
+    assert m["grad/norm/synapses.1.weight"] == pytest.approx(2.0 * math.sqrt(w.numel()))
+    assert m["grad/weight_norm/synapses.1.weight"] == pytest.approx(w.norm().item())
+    assert m["grad/update_ratio/synapses.1.weight"] == pytest.approx(0.1 / 1.1)
+
+
+def test_probe_cosine_near_one_and_grads_restored():
+    net = small_net("nli")
+    x, y = small_input(net)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    m = probe(net, EP(250, 40, [0.0, 1e-3]), x, y)
+    assert m["ep/probe/cos_min"] > 0.999
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in net.parameters())
+
+
+def test_epoch_averager():
+    avg = EpochAverager()
+    avg.add({"a": 1.0, "b": 3.0})
+    avg.add({"a": 3.0})
+    assert avg.means() == {"a": 2.0, "b": 3.0}
