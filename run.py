@@ -1,16 +1,25 @@
 """Entry point: `python run.py [overrides]`. Hydra composes conf/ into one typed config; seqep.tasks runs it.
 
-A user error (bad value, missing file, mismatched checkpoint) prints one line `error: ...` and exits with 2.
+A user error (bad value, unknown option, missing file, mismatched checkpoint) prints one line `error: ...` on
+stderr and exits with status 2.
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-import seqep.config  # noqa: F401  (registers the schemas in Hydra's ConfigStore before composing)
+from seqep.config import check_group_options  # importing seqep.config registers the schemas
 from seqep.data.errors import DataError
 from seqep.errors import SeqepError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def fail(err: Exception) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -20,9 +29,13 @@ def main(cfg: DictConfig) -> dict:
     try:
         return dispatch(cfg)
     except (SeqepError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(err)
 
 
 if __name__ == "__main__":
+    if not {"-cp", "--config-path", "-cd", "--config-dir"} & set(sys.argv):
+        try:
+            check_group_options(sys.argv[1:], CONF_DIR)
+        except SeqepError as err:
+            fail(err)
     main()

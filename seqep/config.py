@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -260,3 +261,25 @@ def validate(cfg: DictConfig) -> None:
     if cfg.task == "test" and cfg.checkpoint.load is None and cfg.checkpoint.resume is None:
         raise SeqepError("task=test needs a checkpoint: checkpoint.load=<run dir>/checkpoints/best.pt "
                          "(or an old-code checkpoint.tar)")
+
+
+def check_group_options(overrides: list[str], conf_dir: str | Path) -> None:
+    """Fail fast, in one line, on `group=option` when conf/<group>/<option>.yaml does not exist.
+
+    Hydra's own message for this is correct but lists every file of the group and the search path over ~20
+    lines; this names the valid options only. Anything this does not understand is left for Hydra to judge.
+    """
+    conf_dir = Path(conf_dir)
+    for text in overrides:
+        if text.startswith("-") or "=" not in text:
+            continue
+        key, value = text.split("=", 1)
+        key = key.lstrip("+")
+        group_dir = conf_dir / key
+        if not key.isidentifier() or not group_dir.is_dir() or any(c in value for c in "()[]{}$*'\"\\"):
+            continue  # a key, hydra/..., a sweep function (glob, range), an interpolation or a quoted value
+        options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice and choice != "null" and choice not in options and not choice.endswith("_schema"):
+                raise SeqepError(f"{key}={choice} is not an option of group '{key}'; choose one of: "
+                                 f"{', '.join(options)} (files in {group_dir})")

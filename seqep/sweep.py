@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_CSV = "sweep_results.csv"
 RESULTS_PNG = "sweep_results.png"
-ACCURACY_KEYS = ("test/acc", "val/best_acc", "val/acc")  # plotted when present, in this order
+ACCURACY_KEYS = ("test/acc", "val/best_acc")  # plotted when present, in this order
+REPLICATE_KEYS = ("seed",)  # swept but not an axis: points show the mean, bars the min-max over them
 
 
 def _parse_override(text: str) -> tuple[str, Any] | None:
@@ -43,68 +44,67 @@ def _parse_override(text: str) -> tuple[str, Any] | None:
 
 
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job directory holding a summary.json; columns `job`, `run_dir`, override keys, metrics."""
+    """One row per job directory holding a summary.json: `job`, the job's overrides (one column per key), then
+    every summary value. `df.attrs["overrides"]` lists the override columns."""
     sweep_dir = Path(sweep_dir)
-    rows = []
+    rows, override_keys = [], {}
     for summary_path in sorted(sweep_dir.glob("**/summary.json")):
         job_dir = summary_path.parent
-        row: dict[str, Any] = {"job": job_dir.name, "run_dir": str(job_dir)}
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError as err:
+            log.warning("skipping %s: not valid JSON (%s)", summary_path, err)
+            continue
+        row: dict[str, Any] = {"job": job_dir.name}
         overrides_path = job_dir / ".hydra" / "overrides.yaml"
         if overrides_path.exists():
             for text in yaml.safe_load(overrides_path.read_text()) or []:
                 parsed = _parse_override(str(text))
                 if parsed is not None:
                     row[parsed[0]] = parsed[1]
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError as err:
-            log.warning("skipping %s: not valid JSON (%s)", summary_path, err)
-            continue
+                    override_keys[parsed[0]] = None
         for key, value in summary.items():
-            if isinstance(value, (int, float, str, bool)) or value is None:
-                row[key] = value
+            if key not in row:
+                row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+        row.setdefault("run_dir", str(job_dir))
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
-        numeric_jobs = pd.to_numeric(df["job"], errors="coerce")
-        df = df.assign(_order=numeric_jobs).sort_values(["_order", "job"]).drop(columns="_order")
-    return df.reset_index(drop=True)
+        order = pd.to_numeric(df["job"], errors="coerce")
+        df = df.assign(_order=order).sort_values(["_order", "job"]).drop(columns="_order").reset_index(drop=True)
+    df.attrs["overrides"] = list(override_keys)
+    return df
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:
-    """Override columns whose value differs between jobs (the sweep's axes), in column order."""
-    metric_like = {"job", "run_dir"}
-    keys = []
-    for col in df.columns:
-        if col in metric_like or "/" in col:  # metrics are namespaced: test/acc, val/best_acc, ...
-            continue
-        if df[col].astype(str).nunique() > 1:
-            keys.append(col)
-    return keys
+    """The override keys whose value differs between jobs (the sweep's axes), in command-line order."""
+    return [k for k in df.attrs.get("overrides", []) if k in df.columns and df[k].astype(str).nunique() > 1]
 
 
 def plot(df: pd.DataFrame, path: str | Path) -> Path | None:
-    """Accuracy (test and best validation) against the swept keys: x = first key, hue = second, columns =
-    the rest combined. Returns the path, or None when no job reported an accuracy."""
+    """Accuracy (test and best validation, side by side) against the swept keys: x = first key, hue = second,
+    rows = the rest combined; swept seeds are replicates (mean, min-max bars). Returns the path, or None when
+    no job reported an accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" chatter
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     metrics = [k for k in ACCURACY_KEYS if k in df.columns and df[k].notna().any()]
     if not metrics:
         return None
-    keys = swept_keys(df) or ["job"]
+    keys = [k for k in swept_keys(df) if k not in REPLICATE_KEYS] or ["job"]
     data = df.melt(id_vars=[c for c in df.columns if c not in metrics], value_vars=metrics,
                    var_name="metric", value_name="accuracy")
     data = data.dropna(subset=["accuracy"])
     x = keys[0]
     hue = keys[1] if len(keys) > 1 else None
-    col = None
+    row = None
     if len(keys) > 2:
-        col = " ".join(keys[2:])
-        data[col] = data[keys[2:]].astype(str).agg(", ".join, axis=1)
+        row = " ".join(keys[2:])
+        data[row] = data[keys[2:]].astype(str).agg(", ".join, axis=1)
     values = list(dict.fromkeys(data[x]))  # first-appearance order; numeric axes sorted numerically
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         values = sorted(values)
@@ -112,7 +112,7 @@ def plot(df: pd.DataFrame, path: str | Path) -> Path | None:
     if hue:
         data[hue] = data[hue].astype(str)
     sns.set_theme(style="whitegrid")
-    grid = sns.catplot(data=data, x=x, y="accuracy", hue=hue, row="metric", col=col, kind="point",
+    grid = sns.catplot(data=data, x=x, y="accuracy", hue=hue, col="metric", row=row, kind="point",
                        order=[str(v) for v in values], height=3.2, aspect=1.4, dodge=0.2 if hue else False,
                        sharey=False, errorbar=("pi", 100))  # several seeds per point: the min-max range
     grid.figure.suptitle(f"sweep: {Path(path).parent.name}  ({len(df)} jobs)", y=1.02)

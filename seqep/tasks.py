@@ -64,7 +64,7 @@ def sweep_group(hc: DictConfig | None) -> str | None:
 
 def parallel_jobs(hc: DictConfig | None) -> int:
     """How many jobs of this sweep run side by side on this machine (joblib's n_jobs), for thread sharing."""
-    if hc is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_", default="")):
+    if hc is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_", default="")).lower():
         return 1
     n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=1))
     return n_jobs if n_jobs > 0 else 1

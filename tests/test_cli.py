@@ -1,0 +1,157 @@
+"""`python run.py` as a user types it: help, config printing, a tiny training run, and every bad input of the
+suite issue (point 7) failing with one clear line and a non-zero exit status."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["dataset=synth_sentiment", "dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64",
+        "dataset.seq_len=16", "model.fc=[16,2]", "algorithm.T=4", "algorithm.K=2", "trainer.epochs=1",
+        "trainer.limit_train_batches=2", "trainer.limit_eval_batches=1", "trainer.progress=false",
+        "logger=none"]
+
+
+def run_cli(*args: str, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """run.py in a subprocess, outputs under tmp_path, W&B offline and quiet."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEQEP_DATA": str(tmp_path / "data")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), f"paths.output_root={tmp_path / 'out'}", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, status: int = 2) -> str:
+    """Exit status, no traceback, and the error as the only line on stderr."""
+    assert proc.returncode == status, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny training run shared by the tests that need a checkpoint."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    proc = run_cli(*TINY, "name=tiny", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "out").glob("*/*_tiny")
+    return run_dir
+
+
+def test_help_lists_groups_and_keys(tmp_path):
+    proc = run_cli("--help", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for text in ["seqep", "bptt, ep", "paper_snli", "launcher:", "sweep:", "optimizer:", "lrs:"]:
+        assert text in proc.stdout
+
+
+def test_cfg_job_shows_every_interface_key(tmp_path):
+    proc = run_cli("--cfg", "job", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    for key in ["task", "seed", "device", "dtype", "name"]:
+        assert key in cfg
+    expected = {"algorithm": ["name", "T", "K", "betas", "variant", "truncate", "field_mode", "tol"],
+                "model": ["kind", "fc", "activation", "attn_scale", "mask_padding"],
+                "dataset": ["name", "kind", "seq_len", "batch_size", "eval_batch_size"],
+                "optimizer": ["name", "lrs"], "scheduler": ["name", "T_max", "eta_min"],
+                "trainer": ["epochs", "limit_train_batches", "limit_eval_batches"],
+                "checkpoint": ["load", "resume"], "logger": ["name", "wandb"]}
+    for group, keys in expected.items():
+        assert set(keys) <= set(cfg[group]), group
+
+
+def test_info_runs(tmp_path):
+    proc = run_cli("--info", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Defaults List" in proc.stdout
+
+
+def test_tiny_training_run_writes_the_run_directory(trained_run):
+    for name in ["config.yaml", "metrics.csv", "summary.json", ".hydra/config.yaml", "checkpoints/best.pt"]:
+        assert (trained_run / name).exists(), name
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert 0.0 <= summary["test/acc"] <= 1.0 and "val/best_acc" in summary
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["device"] == "cpu" and config["model"]["fc"] == [16, 2]
+
+
+def test_task_test_evaluates_the_checkpoint(trained_run, tmp_path):
+    proc = run_cli(*TINY, "task=test", f"checkpoint.load={trained_run / 'checkpoints' / 'best.pt'}",
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "test acc" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def test_unknown_group_option(tmp_path):
+    proc = run_cli("dataset=nope", tmp_path=tmp_path)
+    assert_one_line_error(proc, "dataset=nope is not an option", "rt_snippets", "synth_nli")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_files(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("dataset=imdb", f"dataset.root={empty}", tmp_path=tmp_path)
+    line = assert_one_line_error(proc, str(empty))
+    assert "aclImdb" in line
+
+
+def test_wrong_number_of_learning_rates(tmp_path):
+    proc = run_cli("optimizer.lrs=[0.001,0.001]", tmp_path=tmp_path)
+    assert_one_line_error(proc, "optimizer.lrs has 2 values but model 'sentiment' with fc=[128, 2] has 3 "
+                                "synapses: give one learning rate per synapse, projections first: [proj, fc1, fc2]")
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    proc = run_cli(*TINY, "task=test", f"checkpoint.load={bad}", tmp_path=tmp_path)
+    assert_one_line_error(proc, str(bad))
+
+
+def test_truncated_checkpoint(trained_run, tmp_path):
+    data = (trained_run / "checkpoints" / "best.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    proc = run_cli(*TINY, "task=test", f"checkpoint.load={bad}", tmp_path=tmp_path)
+    assert_one_line_error(proc, str(bad))
+
+
+def test_mismatched_checkpoint(trained_run, tmp_path):
+    tiny = [a for a in TINY if not a.startswith("model.fc")]
+    proc = run_cli(*tiny, "model.fc=[32,2]", "task=test",
+                   f"checkpoint.load={trained_run / 'checkpoints' / 'best.pt'}", tmp_path=tmp_path)
+    assert_one_line_error(proc)
+
+
+def test_missing_checkpoint_file(tmp_path):
+    proc = run_cli(*TINY, "task=test", f"checkpoint.load={tmp_path / 'nope.pt'}", tmp_path=tmp_path)
+    assert_one_line_error(proc, "nope.pt")
+
+
+def test_cuda_without_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = run_cli(*TINY, "device=cuda", tmp_path=tmp_path)
+    assert_one_line_error(proc, "device=cuda")
+
+
+@pytest.mark.parametrize("override, key", [("algorithm.TT=3", "algorithm.TT"), ("algorithm.T=abc", "algorithm.T"),
+                                           ("trainer.epoch=2", "trainer.epoch")])
+def test_misspelt_key_or_wrong_type_names_the_key_without_traceback(override, key, tmp_path):
+    proc = run_cli(override, tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and key in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 8

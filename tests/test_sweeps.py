@@ -1,0 +1,137 @@
+"""Sweeps: the aggregation callback on hand-made job directories (fast), and real multiruns through run.py with
+the basic, joblib and submitit-local launchers (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from seqep.sweep import RESULTS_CSV, RESULTS_PNG, aggregate, collect, swept_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["dataset=synth_sentiment", "dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64",
+        "dataset.seq_len=16", "model.fc=[16,2]", "trainer.epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_eval_batches=1", "trainer.progress=false", "trainer.probe_every=0"]
+
+
+def _fake_job(sweep: Path, num: int, overrides: list[str], summary: dict) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "summary.json").write_text(json.dumps(summary))
+
+
+def test_aggregate_hand_made_sweep(tmp_path):
+    for num, (t, k) in enumerate([(20, 5), (20, 10), (40, 5), (40, 10), (60, 5)]):
+        _fake_job(tmp_path, num, ["dataset=synth_sentiment", f"algorithm.T={t}", f"algorithm.K={k}"],
+                  {"test/acc": 0.5 + t / 1000 + k / 100, "val/best_acc": 0.6, "time_s": 1.0 + num,
+                   "betas": [0.0, 0.1]})
+    (tmp_path / "notajob").mkdir()
+    df = aggregate(tmp_path)
+    assert list(df["job"]) == ["0", "1", "2", "3", "4"]
+    assert swept_keys(df) == ["algorithm.T", "algorithm.K"]
+    assert list(df["algorithm.T"]) == [20, 20, 40, 40, 60] and df.loc[3, "test/acc"] == pytest.approx(0.64)
+    on_disk = pd.read_csv(tmp_path / RESULTS_CSV)
+    assert len(on_disk) == 5 and on_disk.loc[4, "algorithm.K"] == 5 and on_disk.loc[0, "betas"] == "[0.0, 0.1]"
+    assert (tmp_path / RESULTS_PNG).stat().st_size > 10_000
+
+
+def test_aggregate_list_valued_and_single_key_sweeps(tmp_path):
+    for num, beta in enumerate([0.05, 0.1, 0.2]):
+        _fake_job(tmp_path, num, [f"algorithm.betas=[0.0,{beta}]", "seed=0"], {"val/best_acc": 0.7 + beta})
+    df = collect(tmp_path)
+    assert swept_keys(df) == ["algorithm.betas"] and df.loc[1, "algorithm.betas"] == "[0.0, 0.1]"
+    aggregate(tmp_path)
+    assert (tmp_path / RESULTS_PNG).exists()
+
+
+def test_aggregate_without_summaries_writes_nothing(tmp_path):
+    assert aggregate(tmp_path).empty and not (tmp_path / RESULTS_CSV).exists()
+
+
+# ------------------------------------------------------------------------------------------ real multiruns
+
+def run_cli(*args: str, tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.output_root={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def sweep_dir_of(tmp_path: Path) -> Path:
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    return sweep
+
+
+def check_sweep(sweep: Path, expected: set[tuple], keys: list[str]) -> pd.DataFrame:
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == [str(i) for i in range(len(expected))]
+    df = pd.read_csv(sweep / RESULTS_CSV)
+    assert len(df) == len(expected)
+    assert {tuple(row) for row in df[keys].itertuples(index=False)} == expected
+    assert df["test/acc"].between(0, 1).all() and df["val/best_acc"].between(0, 1).all()
+    assert (sweep / RESULTS_PNG).stat().st_size > 10_000
+    return df
+
+
+@pytest.mark.slow
+def test_two_by_two_multirun_basic_launcher(tmp_path):
+    run_cli("-m", "algorithm.T=3,4", "algorithm.K=1,2", *TINY, "logger=wandb", "name=grid", tmp_path=tmp_path)
+    sweep = sweep_dir_of(tmp_path)
+    assert sweep.name.endswith("_grid")
+    check_sweep(sweep, {(3, 1), (3, 2), (4, 1), (4, 2)}, ["algorithm.T", "algorithm.K"])
+    group = f"{sweep.parent.name}_{sweep.name}"
+    for job in range(4):  # every job's W&B run is grouped under the sweep
+        config = yaml.safe_load((sweep / str(job) / "config.yaml").read_text())
+        assert config["logger"]["wandb"]["group"] == group
+        assert list((sweep / str(job) / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_sweep_group_with_joblib_launcher(tmp_path):
+    # sweep=t_k's grid (T 10,20,40 x K 4,8) narrowed on the command line: command-line values win
+    run_cli("sweep=t_k", "launcher=local_parallel", "algorithm.T=3,4", "algorithm.K=2", *TINY, "logger=none",
+            tmp_path=tmp_path)
+    sweep = sweep_dir_of(tmp_path)
+    assert "_sweep_t_k" in sweep.name
+    check_sweep(sweep, {(3, 2), (4, 2)}, ["algorithm.T", "algorithm.K"])
+
+
+@pytest.mark.slow
+def test_betas_sweep_basic_launcher(tmp_path):
+    run_cli("sweep=betas", "algorithm.betas=[0.0,0.05],[0.0,0.2]", "algorithm.T=3", "algorithm.K=1", *TINY,
+            "logger=none", tmp_path=tmp_path)
+    check_sweep(sweep_dir_of(tmp_path), {("[0.0, 0.05]",), ("[0.0, 0.2]",)}, ["algorithm.betas"])
+
+
+@pytest.mark.slow
+def test_slurm_local_launcher_runs_two_jobs(tmp_path):
+    run_cli("-m", "launcher=slurm_local", "algorithm.K=1,2", "algorithm.T=3", *TINY, "logger=none", tmp_path=tmp_path)
+    sweep = sweep_dir_of(tmp_path)
+    check_sweep(sweep, {(1,), (2,)}, ["algorithm.K"])
+    assert list((sweep / ".submitit").glob("*/*_log.out"))
+
+
+# ------------------------------------------------------------------------------------------ W&B sweep files
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_wandb_sweep_file_values_are_valid_overrides(path):
+    from hydra import compose, initialize_config_dir
+
+    from seqep.config import validate
+
+    spec = yaml.safe_load(path.read_text())
+    assert spec["program"] == "run.py" and spec["method"] in {"grid", "random", "bayes"}
+    assert "${args_no_hyphens}" in spec["command"] and "logger.wandb.mode=online" in spec["command"]
+    fixed = [c for c in spec["command"] if "=" in c and not c.startswith("${")]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for key, param in spec["parameters"].items():
+            for value in param["values"]:  # formatted the way the agent does: key=str(value)
+                validate(compose("config", overrides=[*fixed, f"{key}={value}"]))
