@@ -1,0 +1,106 @@
+"""The metrics tracker: CSV/JSONL always; W&B offline runs read back from their files; TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from seqep.errors import SeqepError
+from seqep.tasks import dispatch
+from seqep.track import Tracker, logger_backend, resolved_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import make_cfg, read_csv  # noqa: E402
+
+
+def inspect_wandb(run_dir: Path) -> tuple[dict, list[dict], dict]:
+    """(summary incl. config and state, history rows, run record) of the one offline W&B run in run_dir."""
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(runs[0])]
+    summary = json.loads(subprocess.run([*cmd, "--summary"], capture_output=True, text=True, check=True).stdout)
+    records = [json.loads(line) for line in
+               subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines() if line.strip()]
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    run = next(r["run"] for r in records if r["type"] == "run")
+    return summary, history, run
+
+
+def test_two_wandb_jobs_log_config_and_epoch_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = {}
+    for T in (5, 7):
+        run = tmp_path / f"T{T}"
+        dispatch(make_cfg(run, "logger=wandb", "logger.wandb.group=tk", f"algorithm.T={T}", "trainer.epochs=2"))
+        runs[T] = run
+    for T, run in runs.items():
+        summary, history, record = inspect_wandb(run)
+        assert summary["state"] == "finished" and summary["exit_code"] == 0
+        config = summary["config"]
+        assert config["algorithm"]["T"] == T and config["model"]["fc"] == [8, 2] and "hydra" not in config
+        assert config["dataset"]["name"] == "synth_sentiment"
+        assert record["job_type"] == "ep" and record["run_group"] == "tk"
+        rows = read_csv(run / "metrics.csv")
+        assert [h["_step"] for h in history] == [1, 2]
+        for h, row in zip(history, rows):
+            for key in ("train/loss", "train/acc", "val/loss", "val/acc", "lr/0", "time/epoch_s"):
+                assert h[key] == pytest.approx(float(row[key]), rel=1e-12), key
+        local = json.loads((run / "summary.json").read_text())
+        assert summary["summary"]["test/acc"] == local["test/acc"]
+        assert summary["summary"]["best_epoch"] == local["best_epoch"]
+
+
+def test_wandb_run_is_marked_failed_on_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_cfg(tmp_path, "logger=wandb", "logger.wandb.mode=offline")
+    with pytest.raises(RuntimeError, match="boom"):
+        with Tracker(cfg, tmp_path) as tracker:
+            tracker.log_epoch(1, {"train/loss": 0.5})
+            raise RuntimeError("boom")
+    summary, history, _ = inspect_wandb(tmp_path)
+    assert summary["state"] == "failed" and summary["exit_code"] == 1
+    assert history[0]["train/loss"] == 0.5
+
+
+def test_csv_takes_new_metric_names_in_any_epoch(tmp_path):
+    cfg = OmegaConf.create({"logger": {"name": "none"}})
+    with Tracker(cfg, tmp_path) as tracker:
+        tracker.log_epoch(1, {"train/loss": 1.0})
+        tracker.log_epoch(2, {"train/loss": 0.5, "relax/free/max_change": 0.02, "ep/cos/synapses.0.weight": 0.9})
+        tracker.log_batch(step=7, metrics={"train/loss": 0.7}, epoch=2)
+        tracker.log_summary({"test/acc": 0.75})
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train/loss", "relax/free/max_change", "ep/cos/synapses.0.weight"]
+    assert rows[0]["relax/free/max_change"] == "" and rows[1]["relax/free/max_change"] == "0.02"
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["epoch", "epoch", "batch"] and lines[2]["step"] == 7
+
+
+def test_tensorboard_backend_writes_event_files(tmp_path):
+    cfg = OmegaConf.create({"logger": {"name": "tensorboard"}})
+    with Tracker(cfg, tmp_path) as tracker:
+        tracker.log_epoch(1, {"train/loss": 1.0, "val/acc": 0.6})
+        tracker.log_summary({"test/acc": 0.7})
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/acc", "summary/test/acc"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("val/acc")[0].value == pytest.approx(0.6)
+
+
+def test_logger_choice_and_resolved_config():
+    assert logger_backend(OmegaConf.create({"logger": {"name": "none"}})) == "none"
+    assert logger_backend(OmegaConf.create({"logger": {"wandb": {"mode": "offline"}}})) == "wandb"
+    with pytest.raises(SeqepError, match="not a logger"):
+        logger_backend(OmegaConf.create({"logger": {"name": "mlflow"}}))
+    cfg = OmegaConf.create({"a": 1, "b": "${a}", "hydra": {"x": 1}})
+    assert resolved_config(cfg) == {"a": 1, "b": 1}

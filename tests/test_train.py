@@ -1,0 +1,218 @@
+"""The trainer on tiny synthetic data: epochs, metrics, best-on-validation selection, resume, NaN stop, task=test."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import seqep.config  # noqa: F401  (registers the schemas in ConfigStore)
+from seqep import checkpoint as ckpt
+from seqep import train
+from seqep.errors import SeqepError
+from seqep.tasks import dispatch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A few seconds per job: 96 training sequences of 8 tokens, 6 batches of 16, T=6, K=3.
+TINY = [
+    "dataset=synth_sentiment", "dataset.seq_len=8", "dataset.embed_dim=8", "dataset.vocab_size=50",
+    "dataset.n_train=96", "dataset.n_val=48", "dataset.n_test=48", "dataset.batch_size=16",
+    "dataset.eval_batch_size=48", "model.fc=[8,2]", "model.out_bias_init=0.5", "algorithm.T=6", "algorithm.K=3",
+    "optimizer.lrs=[0.01,0.01,0.01]", "logger=none", "trainer.progress=false", "trainer.probe_every=0",
+    "device=cpu",
+]
+
+
+def make_cfg(run_dir: Path, *overrides: str):
+    """The composed config (as run.py would build it) with the tiny preset and a fixed run directory."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*TINY, f"paths.run_dir={run_dir}", *overrides])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+def test_training_writes_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    summary = dispatch(make_cfg(run, "trainer.epochs=2", "trainer.log_every=2"))
+    rows = read_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    columns = set(rows[0])
+    assert {"epoch", "train/loss", "train/acc", "train/tie_rate", "val/loss", "val/acc", "val/tie_rate",
+            "lr/0", "lr/1", "lr/2", "time/epoch_s"} <= columns
+    assert not any(c.startswith("test/") for c in columns)  # test metrics are never per epoch
+    jsonl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in jsonl if r["kind"] == "epoch"]
+    assert [r["val/acc"] for r in epochs] == [float(r["val/acc"]) for r in rows]
+    assert [r["step"] for r in jsonl if r["kind"] == "batch"] == [2, 4, 6, 8, 10, 12]
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved == json.loads(json.dumps(summary, default=str))
+    for key in ("test/acc", "test/loss", "val/best_acc", "best_epoch", "train/acc", "epochs", "time_s",
+                "algorithm", "T", "K", "betas", "seed"):
+        assert key in saved, key
+    assert saved["val/best_acc"] == max(float(r["val/acc"]) for r in rows)
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "plots" / "learning_curves.png").is_file()
+    state = final_state(run)
+    assert state["epoch"] == 2 and state["config"]["algorithm"]["T"] == 6
+    assert float(rows[1]["lr/0"]) < float(rows[0]["lr/0"])  # cosine stepped once per epoch
+
+
+def test_best_checkpoint_is_chosen_on_validation_not_test(tmp_path, monkeypatch):
+    """Scripted validation accuracies peak at epoch 2; test (evaluated once, at the end) uses those weights."""
+    real_evaluate = train.evaluate
+    val_script = iter([0.5, 0.9, 0.6])
+    weights_after: list[dict] = []
+    test_weights: list[dict] = []
+
+    def scripted(net, estimator, split, bundle, cfg, device, dtype, prefix):
+        metrics = real_evaluate(net, estimator, split, bundle, cfg, device, dtype, prefix)
+        snapshot = {k: v.clone() for k, v in net.state_dict().items()}
+        if prefix == "val":
+            weights_after.append(snapshot)
+            metrics["val/acc"] = next(val_script)
+        else:
+            assert prefix == "test"
+            test_weights.append(snapshot)
+        return metrics
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    run = tmp_path / "run"
+    summary = dispatch(make_cfg(run, "trainer.epochs=3"))
+    assert summary["best_epoch"] == 2 and summary["val/best_acc"] == 0.9
+    assert len(test_weights) == 1  # the test split is looked at once
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == 2
+    for key, value in weights_after[1].items():
+        assert torch.equal(best["model_state_dict"][key], value)
+        assert torch.equal(test_weights[0][key], value)
+    assert not torch.equal(weights_after[2]["synapses.1.weight"], weights_after[1]["synapses.1.weight"])
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    """2 epochs straight == 1 epoch, then resume for 1 more (model, optimizer, scheduler, RNGs restored)."""
+    extra = ["algorithm.variant=random_sign"]  # also draws from the estimator's generator
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    dispatch(make_cfg(straight, "trainer.epochs=2", *extra))
+    dispatch(make_cfg(first, "trainer.epochs=1", *extra))
+    dispatch(make_cfg(resumed, "trainer.epochs=2", f"checkpoint.resume={first}", "seed=0", *extra))
+    a, b = final_state(straight), final_state(resumed)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model_state_dict"]:
+        assert torch.equal(a["model_state_dict"][key], b["model_state_dict"][key]), key
+    for pid, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"]["generators"]["data"], b["rng"]["generators"]["data"])
+    rows_a, rows_b = read_csv(straight / "metrics.csv"), read_csv(resumed / "metrics.csv")
+    assert [r["epoch"] for r in rows_b] == ["1", "2"]  # the first epoch's row carried over
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra["train/loss"] == rb["train/loss"] and ra["val/acc"] == rb["val/acc"]
+    assert (resumed / "checkpoints" / "best.pt").is_file()
+
+
+def test_resume_needs_a_full_checkpoint(tmp_path):
+    first = tmp_path / "first"
+    dispatch(make_cfg(first, "trainer.epochs=1"))
+    with pytest.raises(SeqepError, match="not a full seqep training checkpoint"):
+        dispatch(make_cfg(tmp_path / "again", f"checkpoint.resume={first / 'checkpoints' / 'best.pt'}"))
+
+
+class PoisonedEstimator:
+    """Wraps the real estimator; from call `after` on, a weight is NaN (as a diverging run would make it)."""
+
+    def __init__(self, inner, after: int) -> None:
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def compute_gradients(self, net, x, y):
+        self.calls += 1
+        if self.calls > self.after:
+            with torch.no_grad():
+                net.synapses[1].weight[0, 0] = float("nan")
+        return self.inner.compute_gradients(net, x, y)
+
+    def predict(self, net, x):
+        return self.inner.predict(net, x)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = train.make_estimator
+    monkeypatch.setattr(train, "make_estimator", lambda cfg, gen: PoisonedEstimator(real(cfg, gen), after=6 + 2))
+    run = tmp_path / "run"
+    with pytest.raises(train.NonFiniteError) as err:
+        dispatch(make_cfg(run, "trainer.epochs=3"))
+    msg = str(err.value)
+    assert "NaN or Inf" in msg and "epoch 2, batch 3" in msg and "last.pt (epoch 1)" in msg and "\n" not in msg
+    state = final_state(run)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model_state_dict"].values())
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert len(read_csv(run / "metrics.csv")) == 1
+
+
+def test_task_test_evaluates_a_checkpoint(tmp_path):
+    trained = tmp_path / "trained"
+    summary = dispatch(make_cfg(trained, "trainer.epochs=1"))
+    result = dispatch(make_cfg(tmp_path / "tested", "task=test", f"checkpoint.load={trained}"))
+    assert result["test/acc"] == summary["test/acc"] and result["checkpoint_kind"] == "seqep"
+    assert result["val/acc"] == summary["val/best_acc"]
+
+
+def test_training_starts_from_old_code_weights(tmp_path):
+    net = train.make_model(make_cfg(tmp_path / "x"), _tiny_bundle(tmp_path))
+    with torch.no_grad():
+        net.synapses[2].bias.fill_(0.25)
+    torch.save({"model_state_dict": net.state_dict(), "opt": {}, "train_acc": [], "test_acc": [], "best": 0.0,
+                "epoch": 3, "scheduler": {}}, tmp_path / "checkpoint.tar")
+    result = dispatch(make_cfg(tmp_path / "tested", "task=test", f"checkpoint.load={tmp_path / 'checkpoint.tar'}"))
+    assert result["checkpoint_kind"] == "old-code checkpoint.tar" and result["checkpoint_epoch"] == 3
+
+
+def _tiny_bundle(tmp_path):
+    from seqep.data import load_dataset
+
+    return load_dataset(make_cfg(tmp_path / "x").dataset)
+
+
+def test_wrong_number_of_learning_rates(tmp_path):
+    cfg = make_cfg(tmp_path / "run")
+    net = train.make_model(cfg, _tiny_bundle(tmp_path))
+    cfg.optimizer.lrs = [0.1, 0.1]
+    with pytest.raises(SeqepError, match=r"has 2 entries but the model has 3 synapses \(0: projection 8->8"):
+        train.make_optimizer(cfg, net)
+
+
+def test_mismatched_checkpoint_fails_cleanly_from_the_command_line(tmp_path):
+    """run.py prints one line naming the expected architecture and exits with status 2."""
+    bigger = train.make_model(make_cfg(tmp_path / "x", "model.fc=[12,2]"), _tiny_bundle(tmp_path))
+    torch.save(bigger.state_dict(), tmp_path / "weights.pt")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *TINY, "task=test", f"checkpoint.load={tmp_path / 'weights.pt'}",
+         f"paths.output_root={tmp_path / 'outputs'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "synapses.1.weight is (12, 64) in the file, (8, 64) expected" in errors[0]
+    assert "model.fc=[8, 2]" in errors[0]
+
+
+def test_checkpoint_state_round_trips_through_weights_only(tmp_path):
+    run = tmp_path / "run"
+    dispatch(make_cfg(run, "trainer.epochs=1", "optimizer=sgd", "optimizer.momentum=0.9",
+                      "optimizer.lrs=[0.01,0.01,0.01]"))
+    state = ckpt.read_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["format"] == ckpt.FORMAT and state["optimizer"]["param_groups"][0]["momentum"] == 0.9
