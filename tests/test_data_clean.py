@@ -55,8 +55,10 @@ def test_non_string_gives_no_tokens():
 
 def test_html_shortcut_matches_beautifulsoup():
     rng = random.Random(0)
-    alphabet = "ab \r\n\t\x85\u2028é>\"'=/;#x\x0c"
-    samples = ["", " ", "\t", "plain text", "a\r\nb", "x > y"]
-    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    pieces = ["a", "b c", " ", "\n", "\t", "\r\n", "\x0c", "\x0b", "\x85", "\u00a0", "é", ".", "  ", ">", "<br />",
+              "<br/>", "<br>", "<BR />", "<br  />", "<br\n/>", "<br/ >", "<br", "</br>", "<b>", "<p>a</p>", "&amp;",
+              "<br\u00a0/>"]
+    samples = ["", " ", "\t", "plain text", "a\r\nb", "x > y", "I loved it!<br /><br />Great film."]
+    samples += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(4000)]
     for text in samples:
         assert strip_html(text) == BeautifulSoup(text, "html.parser").get_text(), repr(text)

@@ -105,7 +105,7 @@ def test_cache_hit_and_invalidation(tmp_path, caplog):
     assert len({b.info["cache_path"] for b in [first, *changed]}) == 6
     assert changed[-1].vectors[1:].min() > first.vectors[1:].min()
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 6
-    assert not list((tmp_path / "cache").glob("*.tmp"))  # atomic writes leave no temporary files
+    assert not list((tmp_path / "cache").glob(".*.tmp"))  # atomic writes leave no temporary files
 
     (tmp_path / "cache" / "x").mkdir()
     assert load_dataset({**cfg, "use_cache": False}).info["from_cache"] is False

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,13 @@ def save_bundle(path: Path, bundle: DataBundle) -> None:
     for s in SPLITS:
         arrays[f"{s}_ids"] = bundle.split(s).ids.numpy()
         arrays[f"{s}_labels"] = bundle.split(s).labels.numpy()
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
