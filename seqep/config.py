@@ -122,9 +122,13 @@ class PathsConfig:
 
 @dataclass
 class GduConfig:
+    """task=gdu (seqep.gdu): EP updates against BPTT gradients, step by step."""
+
     n_examples: int = 20  # validation examples compared (the old code used 20)
+    beta: Optional[float] = None  # the nudge of the check; null = algorithm.betas[1]
     betas: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1])  # the β sweep
     n_elements: int = 3  # random elements per parameter in the cumulative plots
+    dtype: str = "float64"  # float64 makes the β -> 0 comparison meaningful
 
 
 @dataclass
