@@ -75,5 +75,11 @@ def test_load_dataset_accepts_composed_dataclass_and_dict(tmp_path):
 def test_unknown_name_and_fixed_class_count():
     with pytest.raises(DataError, match="unknown dataset.name='mnist'; available: rt_snippets, imdb, snli"):
         load_dataset({"name": "mnist"})
-    with pytest.raises(DataError, match="dataset.n_classes=5 but synth_nli has 3 classes"):
+    with pytest.raises(DataError, match="dataset.n_classes=5 but synth_nli has n_classes 3"):
         load_dataset({"name": "synth_nli", "n_classes": 5})
+    with pytest.raises(DataError, match="dataset.kind=nli but imdb has kind sentiment"):
+        load_dataset({"name": "imdb", "kind": "nli"})
+    with pytest.raises(DataError, match="seq_len=0 must be >= 1"):
+        load_dataset({"name": "synth_sentiment", "seq_len": 0})
+    with pytest.raises(DataError, match=r"fractions \[0.5, 0.5\]"):
+        load_dataset({"name": "rt_snippets", "val_fraction": 0.5, "test_fraction": 0.5})

@@ -56,7 +56,18 @@ def load_dataset(cfg: DictConfig | DatasetConfig | Mapping[str, Any]) -> DataBun
     if name not in LOADERS:
         raise DataError(f"unknown dataset.name={name!r}; available: {', '.join(LOADERS)}")
     merged = OmegaConf.merge(OmegaConf.structured(SCHEMAS[name]), values)
-    fixed = SCHEMAS[name].__dataclass_fields__["n_classes"].default
-    if merged.n_classes != fixed:
-        raise DataError(f"dataset.n_classes={merged.n_classes} but {name} has {fixed} classes; drop the override")
+    _check(merged)
     return LOADERS[name](merged)
+
+
+def _check(cfg: DictConfig) -> None:
+    """Values no loader can honour: a changed kind or class count, L < 1, split fractions outside [0, 1)."""
+    for key in ("kind", "n_classes"):
+        fixed = SCHEMAS[cfg.name].__dataclass_fields__[key].default
+        if cfg[key] != fixed:
+            raise DataError(f"dataset.{key}={cfg[key]} but {cfg.name} has {key} {fixed}; drop the override")
+    if cfg.seq_len < 1:
+        raise DataError(f"dataset.seq_len={cfg.seq_len} must be >= 1")
+    fractions = [cfg[k] for k in ("val_fraction", "test_fraction") if k in cfg]
+    if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+        raise DataError(f"dataset val/test fractions {fractions} must be in [0, 1) and sum to less than 1")

@@ -22,7 +22,7 @@ from seqep.data.bundle import SPLITS, DataBundle, make_bundle
 
 log = logging.getLogger("seqep.data")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # bump when a code change alters prepared arrays, so old caches are not reused
 
 
 def cache_key(parts: dict[str, Any]) -> str:
