@@ -133,8 +133,16 @@ class GduConfig:
 
 @dataclass
 class BenchConfig:
+    """task=bench (seqep.bench): throughput and memory of the relaxation and training steps."""
+
     shapes: list[str] = field(default_factory=lambda: ["snli", "imdb", "default"])
     repeats: int = 3
+    precision: str = "float32"  # float32 | tf32 | bf16
+    memory_T: list[int] = field(default_factory=lambda: [20, 50, 100, 200])  # peak memory against T
+    memory_shape: str = "snli"
+    tol: Optional[float] = 1e-4  # the early-stop tolerance measured as an option
+    old_code_batches: bool = True  # also time the old code's autograd-of-Φ step
+    ceiling_size: Optional[int] = None  # matmul size of the GFLOP/s ceiling; null = 2048 on CPU, 8192 on GPU
 
 
 @dataclass
