@@ -1,0 +1,230 @@
+"""`task=gdu`: load a model and N validation examples, run the check and the β sweep, write tables and plots.
+
+    run_gdu(cfg, run_dir) -> summary dict     (seqep.tasks.dispatch writes it to summary.json)
+
+Config keys read (all with defaults, so older configs work): `algorithm.T`, `algorithm.K`, `algorithm.betas[1]`,
+`gdu.beta` (null = algorithm.betas[1]), `gdu.betas` (the β sweep), `gdu.n_examples`, `gdu.n_elements`,
+`gdu.dtype` (float64), `checkpoint.load`, `seed`, `device`, `dataset`, `model`, `logger`.
+
+Run directory:
+    gdu_metrics.csv      one row per (variant, tensor): rmse, sign_agree_pct, rel_err, cos_cumulative,
+                         cos_step_mean, cos_step_min, cos_step_<t>, norms (definitions: seqep/gdu/metrics.py)
+    gdu_beta_sweep.csv   one row per (β, variant, parameter): rel_err
+    plots/gdu_cumulative.png, plots/gdu_distance_ratio.png, plots/gdu_beta_sweep.png
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from seqep.errors import SeqepError
+from seqep.gdu.check import VARIANTS, GDUResult, bptt_steps, gdu_check, gdu_sweep
+from seqep.gdu.metrics import compare, fit_slope, geometric_mean, relative_error
+from seqep.utils import resolve_device
+
+DEFAULT_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CONVERGED = 1e-6  # largest |Δs| at the last free step below which the free phase counts as converged
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    """The check's settings from the config, with defaults for keys a schema may not have yet."""
+    get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)
+    betas = get("algorithm.betas", [0.0, 0.1])
+    beta = get("gdu.beta")
+    dtype = str(get("gdu.dtype", "float64"))
+    if dtype not in DTYPES:
+        raise SeqepError(f"gdu.dtype={dtype!r} is not allowed; choose float32 or float64")
+    out = {
+        "T": int(get("algorithm.T", 20)),
+        "K": int(get("algorithm.K", 8)),
+        "beta": abs(float(betas[1] if beta is None else beta)),
+        "betas": sorted(abs(float(b)) for b in (get("gdu.betas") or DEFAULT_SWEEP)),
+        "n_examples": int(get("gdu.n_examples", 20)),
+        "n_elements": int(get("gdu.n_elements", 3)),
+        "dtype": dtype,
+        "seed": int(get("seed", 0)),
+    }
+    if out["beta"] == 0 or 0 in out["betas"]:
+        raise SeqepError("the GDU check needs non-zero nudges: set gdu.beta / algorithm.betas[1] and gdu.betas > 0")
+    if not 1 <= out["K"] <= out["T"]:
+        raise SeqepError(f"the GDU check backpropagates through the last K of T free steps: need 1 <= "
+                         f"algorithm.K <= algorithm.T (got T={out['T']}, K={out['K']})")
+    if out["n_examples"] < 1:
+        raise SeqepError(f"gdu.n_examples={out['n_examples']} must be >= 1")
+    return out
+
+
+def load_inputs(cfg: DictConfig, n_examples: int, dtype: torch.dtype) -> tuple[Any, torch.Tensor, torch.Tensor,
+                                                                                 dict[str, Any]]:
+    """The configured model (weights from `checkpoint.load` if set) and the first N validation examples."""
+    from seqep import checkpoint as ckpt
+    from seqep.data import iterate_batches, load_dataset
+    from seqep.train import make_model
+
+    device = resolve_device(str(OmegaConf.select(cfg, "device", default="cpu")))
+    bundle = load_dataset(cfg.dataset)
+    net = make_model(cfg, bundle)
+    info: dict[str, Any] = {"dataset": bundle.name, "weights": "fresh (seeded init)"}
+    load = OmegaConf.select(cfg, "checkpoint.load", default=None)
+    if load:
+        meta = ckpt.load_weights(net, load)
+        info["weights"] = f"{meta['path']} ({meta['kind']}, epoch {meta.get('epoch')})"
+    net = net.to(device=device, dtype=dtype)
+    if len(bundle.val) == 0:
+        raise SeqepError(f"dataset {bundle.name} has an empty validation split: the GDU check needs examples")
+    x, y = next(iter(iterate_batches(bundle.val, bundle.vectors, n_examples, shuffle=False, device=device,
+                                     dtype=dtype)))
+    return net, x, y, info
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def metrics_frame(result: GDUResult) -> pd.DataFrame:
+    """One row per (variant, tensor) with every metric of `compare`; `cos_steps` spread to `cos_step_<t>`."""
+    rows = []
+    for variant, updates in result.ep.items():
+        for name, kind in result.kinds.items():
+            m = compare(updates[name], result.bptt[name])
+            steps = m.pop("cos_steps")
+            rows.append({"variant": variant, "kind": kind, "tensor": name,
+                         "shape": "x".join(str(s) for s in result.bptt[name].shape[1:]), "beta": result.beta,
+                         **m, **{f"cos_step_{t}": c for t, c in enumerate(steps)}})
+    return pd.DataFrame(rows)
+
+
+def sweep_frame(sweep: dict[float, GDUResult]) -> pd.DataFrame:
+    """One row per (β, variant, parameter tensor): `rel_err`, what the slopes are fitted on."""
+    rows = []
+    for beta, result in sweep.items():
+        for variant, updates in result.ep.items():
+            for name in result.names("param"):
+                ep, bptt = updates[name], result.bptt[name]
+                rows.append({"beta": beta, "variant": variant, "kind": "param", "tensor": name,
+                             "rel_err": relative_error(ep, bptt)})
+    return pd.DataFrame(rows)
+
+
+def sweep_slopes(sweep: pd.DataFrame) -> dict[str, float]:
+    """Per variant: log-log slope of the parameters' relative error (geometric mean over tensors) against β."""
+    out = {}
+    params = sweep[sweep["kind"] == "param"]
+    for variant, part in params.groupby("variant", sort=False):
+        pooled = part.groupby("beta")["rel_err"].apply(lambda s: geometric_mean(list(s)))
+        out[str(variant)] = fit_slope(list(pooled.index), list(pooled.values))
+    return out
+
+
+def summarize(result: GDUResult, metrics: pd.DataFrame, slopes: dict[str, float]) -> dict[str, Any]:
+    """Flat `gdu/...` numbers for summary.json and W&B."""
+    out: dict[str, Any] = {"gdu/T": result.T, "gdu/K": result.K, "gdu/beta": result.beta, "gdu/loss": result.loss,
+                           "gdu/free_max_change": result.free_max_change,
+                           "gdu/converged": result.free_max_change < CONVERGED}
+    for variant in result.ep:
+        for kind in ("param", "field", "state"):
+            part = metrics[(metrics["variant"] == variant) & (metrics["kind"] == kind)]
+            out[f"gdu/{variant}/{kind}_rmse"] = float(part["rmse"].mean())
+            if kind == "param":
+                out[f"gdu/{variant}/param_sign_agree_pct"] = float(part["sign_agree_pct"].mean())
+                out[f"gdu/{variant}/param_cos_cumulative"] = float(part["cos_cumulative"].mean())
+                out[f"gdu/{variant}/param_cos_step_mean"] = float(part["cos_step_mean"].mean())
+    rmse = metrics[metrics["kind"] == "param"].pivot_table(index="tensor", columns="variant", values="rmse")
+    if {"symmetric", "positive", "negative"} <= set(rmse.columns):
+        ratios = [r for v in ("positive", "negative") for r in (rmse["symmetric"] / rmse[v]).tolist()]
+        out["gdu/param_sym_over_one_sided"] = geometric_mean(ratios)
+        out["gdu/param_one_sided_over_sym"] = 1.0 / out["gdu/param_sym_over_one_sided"]
+    out |= {f"gdu/slope/{v}": s for v, s in slopes.items()}
+    return out
+
+
+def print_table(metrics: pd.DataFrame, summary: dict[str, Any], header: str) -> None:
+    """A rich table: per tensor, the relative RMSE of each variant, sign agreement and cosines (symmetric)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    variants = [v for v in VARIANTS if v in set(metrics["variant"])]
+    table = Table(title=header, title_justify="left")
+    for col in ["kind", "tensor", *[f"rmse {v[:3]}" for v in variants], "sign% sym", "cosΣ pos", "cosΣ sym",
+                "cos/step sym"]:
+        table.add_column(col, justify="left" if col in ("kind", "tensor") else "right")
+    by = {(r.variant, r.tensor): r for r in metrics.itertuples()}
+    fmt = lambda v, spec=".4f": "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    for r in metrics[metrics["variant"] == variants[0]].itertuples():
+        sym, pos = by.get(("symmetric", r.tensor)), by.get(("positive", r.tensor))
+        table.add_row(r.kind, r.tensor, *[fmt(by[(v, r.tensor)].rmse) for v in variants],
+                      fmt(sym.sign_agree_pct if sym else None, ".1f"), fmt(pos.cos_cumulative if pos else None),
+                      fmt(sym.cos_cumulative if sym else None), fmt(sym.cos_step_mean if sym else None))
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    slopes = ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in summary.items() if k.startswith("gdu/slope/"))
+    ratio = summary.get("gdu/param_one_sided_over_sym")
+    console.print(f"β sweep slopes (parameters; 1 expected one-sided, 2 symmetric): {slopes}")
+    if ratio is not None:
+        console.print(f"parameters: one-sided RMSE / symmetric RMSE = {ratio:.2f} (geometric mean over tensors)")
+    if not summary["gdu/converged"]:
+        console.print(f"[yellow]warning: the free phase has not converged (largest |Δs| at step T = "
+                      f"{summary['gdu/free_max_change']:.2e}); the GDU property assumes an equilibrium, so EP and "
+                      f"BPTT differ by a β-independent floor. Raise algorithm.T to check the theorem itself.[/]")
+
+
+# ------------------------------------------------------------------------------------------------- task
+def write_report(result: GDUResult, sweep: dict[float, GDUResult], run_dir: Path, n_elements: int = 3,
+                 seed: int = 0) -> tuple[dict[str, Any], dict[str, Path], pd.DataFrame]:
+    """CSV tables and the three plots; returns (summary, {plot name: path}, metrics table)."""
+    from seqep.gdu import plots
+
+    metrics = metrics_frame(result)
+    sweep_df = sweep_frame(sweep)
+    metrics.to_csv(run_dir / "gdu_metrics.csv", index=False)
+    sweep_df.to_csv(run_dir / "gdu_beta_sweep.csv", index=False)
+    slopes = sweep_slopes(sweep_df)
+    summary = summarize(result, metrics, slopes)
+    plot_dir = run_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "cumulative": plots.plot_cumulative(result, plot_dir / "gdu_cumulative.png", n_elements, seed),
+        "distance_ratio": plots.plot_distance_ratio(metrics, plot_dir / "gdu_distance_ratio.png"),
+        "beta_sweep": plots.plot_beta_sweep(sweep_df, slopes, plot_dir / "gdu_beta_sweep.png"),
+    }
+    return summary, paths, metrics
+
+
+def _log_wandb(tracker: Any, metrics: pd.DataFrame, paths: dict[str, Path]) -> None:
+    """The table and the plots into the active W&B run (the tracker opened it)."""
+    if getattr(tracker, "backend", None) != "wandb":
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.log({"gdu/metrics": wandb.Table(dataframe=metrics.fillna(np.nan)),
+                       **{f"gdu/plots/{k}": wandb.Image(str(p)) for k, p in paths.items()}})
+
+
+def run_gdu(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """`task=gdu` (module doc). Returns the summary (also logged to W&B per `cfg.logger`)."""
+    from seqep.track import Tracker
+
+    run_dir, started = Path(run_dir), time.perf_counter()
+    s = settings(cfg)
+    net, x, y, info = load_inputs(cfg, s["n_examples"], DTYPES[s["dtype"]])
+    bptt = bptt_steps(net, x, y, s["T"], s["K"])
+    result = gdu_check(net, x, y, s["T"], s["K"], s["beta"], bptt=bptt)
+    sweep = gdu_sweep(net, x, y, s["T"], s["K"], s["betas"], kinds=("param",), bptt=bptt)
+    summary, paths, metrics = write_report(result, sweep, run_dir, s["n_elements"], s["seed"])
+    summary |= {"gdu/n_examples": int(x.shape[0]), "gdu/dtype": s["dtype"], "gdu/dataset": info["dataset"],
+                "gdu/weights": info["weights"], "gdu/time_s": time.perf_counter() - started}
+    print_table(metrics, summary, f"GDU check: {info['dataset']}, weights {info['weights']}, "
+                                  f"N={x.shape[0]}, T={s['T']}, K={s['K']}, β={s['beta']:g}, {s['dtype']}")
+    with Tracker(cfg, run_dir) as tracker:
+        tracker.log_summary(summary)
+        _log_wandb(tracker, metrics, paths)
+    print(f"wrote {run_dir / 'gdu_metrics.csv'}, {run_dir / 'gdu_beta_sweep.csv'} and "
+          f"{', '.join(str(p) for p in paths.values())}")
+    return summary
