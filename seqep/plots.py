@@ -47,6 +47,7 @@ def plot_learning_curves(rows: list[dict], path: str | os.PathLike) -> Path:
         lr_cols = sorted((c for c in df if c.startswith("lr/")), key=lambda c: int(c.split("/")[1]))
         if lr_cols:
             long = df[["epoch", *lr_cols]].melt(id_vars="epoch", var_name="synapse", value_name="lr")
+            long["synapse"] = long["synapse"].str.removeprefix("lr/")
             sns.lineplot(long, x="epoch", y="lr", hue="synapse", ax=axes[2])
         axes[2].set_title("learning rate per synapse")
         for ax in axes:
