@@ -153,13 +153,18 @@ def _start_wandb(cfg: DictConfig, run_dir: Path):
 
     wb = cfg.logger.wandb
     tags = OmegaConf.select(wb, "tags", default=None)
+    group = OmegaConf.select(wb, "group", default=None)
+    name = OmegaConf.select(cfg, "name", default=None) or run_dir.name
+    if group:  # jobs of one sweep share cfg.name; their run dirs (job numbers) tell them apart
+        name = f"{name}-{run_dir.name}"
     try:
         return wandb.init(
             project=OmegaConf.select(wb, "project", default="seqep"),
             entity=OmegaConf.select(wb, "entity", default=None),
-            group=OmegaConf.select(wb, "group", default=None),
+            group=group,
             job_type=OmegaConf.select(cfg, "algorithm.name", default=None),
-            name=OmegaConf.select(cfg, "name", default=None) or run_dir.name,
+            name=name,
+            notes=OmegaConf.select(wb, "notes", default=None),
             tags=list(tags) if tags else None,
             config=resolved_config(cfg),
             dir=str(run_dir),

@@ -47,6 +47,7 @@ def test_two_wandb_jobs_log_config_and_epoch_metrics(tmp_path, monkeypatch):
         assert config["algorithm"]["T"] == T and config["model"]["fc"] == [8, 2] and "hydra" not in config
         assert config["dataset"]["name"] == "synth_sentiment"
         assert record["job_type"] == "ep" and record["run_group"] == "tk"
+        assert record["display_name"] == f"ep_synth_sentiment-T{T}"
         rows = read_csv(run / "metrics.csv")
         assert [h["_step"] for h in history] == [1, 2]
         for h, row in zip(history, rows):
