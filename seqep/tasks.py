@@ -1,7 +1,7 @@
 """`dispatch(cfg)`: what every job does before and after its task.
 
 validate -> run directory -> seed -> device -> W&B group -> resolved config.yaml -> the task -> summary dict.
-The task modules are imported only when their task runs (`task=bench` does not need the trainer and back).
+The task modules are imported only when their task runs (`task=bench` never imports the trainer).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import copy
 import importlib
 import json
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def parallel_jobs(hc: DictConfig | None) -> int:
     if hc is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_", default="")).lower():
         return 1
     n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=1))
-    return n_jobs if n_jobs > 0 else 1
+    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib: -1 = every CPU
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
