@@ -37,7 +37,7 @@ def plot_learning_curves(rows: list[dict], path: str | os.PathLike) -> Path:
                                   (axes[1], "acc", "accuracy")):
             long = _long(df, metric, ("train", "val"))
             if not long.empty:
-                sns.lineplot(long, x="epoch", y=metric, hue="split", marker="o", ax=ax)
+                sns.lineplot(long, x="epoch", y=metric, hue="split", marker="o", errorbar=None, ax=ax)
             ax.set_title(title)
         if "val/acc" in df and df["val/acc"].notna().any():
             best = df.loc[df["val/acc"].idxmax()]
@@ -48,7 +48,7 @@ def plot_learning_curves(rows: list[dict], path: str | os.PathLike) -> Path:
         if lr_cols:
             long = df[["epoch", *lr_cols]].melt(id_vars="epoch", var_name="synapse", value_name="lr")
             long["synapse"] = long["synapse"].str.removeprefix("lr/")
-            sns.lineplot(long, x="epoch", y="lr", hue="synapse", ax=axes[2])
+            sns.lineplot(long, x="epoch", y="lr", hue="synapse", errorbar=None, ax=axes[2])
         axes[2].set_title("learning rate per synapse")
         for ax in axes:
             ax.xaxis.get_major_locator().set_params(integer=True)

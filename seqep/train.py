@@ -221,6 +221,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     if resume:
         start_epoch, best_acc, best_epoch, history = _resume(resume, net, optimizer, scheduler, generators,
                                                              best_path)
+    last_good = f"{resume} (epoch {start_epoch})" if resume else "none (no epoch finished)"
     config = resolved_config(cfg)
     n_params = sum(p.numel() for p in net.parameters())
     print(f"{bundle.name}: {len(bundle.train.labels)} train / {len(bundle.val.labels)} val / "
@@ -230,13 +231,14 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     with Tracker(cfg, run_dir, history=history) as tracker:
         epoch = start_epoch
+        if start_epoch >= epochs:
+            print(f"nothing to train: {start_epoch} epochs done, trainer.epochs={epochs} (raise it to continue)")
         try:
             for epoch in range(start_epoch + 1, epochs + 1):
                 t0 = time.time()
                 lrs = [g["lr"] for g in optimizer.param_groups]
-                good = f"{last_path} (epoch {epoch - 1})" if last_path.exists() else "none (failed in epoch 1)"
                 train = train_epoch(net, estimator, optimizer, bundle, cfg, device, dtype, data_gen, epoch,
-                                    tracker, good)
+                                    tracker, last_good)
                 t_train = time.time() - t0
                 val = evaluate(net, estimator, bundle.val, bundle, cfg, device, dtype, "val")
                 if scheduler is not None:
@@ -250,6 +252,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                     ckpt.save_checkpoint(last_path, ckpt.training_state(
                         model=net, optimizer=optimizer, scheduler=scheduler, epoch=epoch, best_val_acc=best_acc,
                         best_epoch=best_epoch, generators=generators, config=config))
+                    last_good = f"{last_path} (epoch {epoch})"
                 row = {**train, **val, **{f"lr/{i}": lr for i, lr in enumerate(lrs)},
                        "time/train_s": t_train, "time/epoch_s": time.time() - t0}
                 tracker.log_epoch(epoch, row)
@@ -258,7 +261,8 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                       f"{' *' if improved else '  '} | lr {lrs[-1]:.2e} | {row['time/epoch_s']:.1f}s", flush=True)
         except NonFiniteError as err:
             _write_json(run_dir / "summary.json", {"status": "failed", "error": str(err), "epochs": epoch - 1,
-                                                   "val/best_acc": best_acc, "best_epoch": best_epoch})
+                                                   "val/best_acc": best_acc if best_epoch else None,
+                                                   "best_epoch": best_epoch})
             raise
 
         # Test once, with the weights that were best on validation.
@@ -291,8 +295,9 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         }
         _write_json(run_dir / "summary.json", summary)
         tracker.log_summary(summary)
+        chosen = f"epoch {best_epoch}, val acc {best_acc:.4f}" if best_epoch else "no epoch trained"
         print(f"test acc {test['test/acc']:.4f} (loss {test['test/loss']:.4f}) with the best-on-validation "
-              f"checkpoint (epoch {best_epoch}, val acc {best_acc:.4f}) | {summary['time_s']:.0f}s total")
+              f"checkpoint ({chosen}) | {summary['time_s']:.0f}s total")
         _plot(tracker.rows, run_dir)
     return summary
 

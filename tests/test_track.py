@@ -16,20 +16,25 @@ from seqep.tasks import dispatch
 from seqep.track import Tracker, logger_backend, resolved_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg, read_csv  # noqa: E402
+from test_train import make_cfg, read_csv, skip_plots  # noqa: E402, F401  (skip_plots: autouse fixture)
 
 
-def inspect_wandb(run_dir: Path) -> tuple[dict, list[dict], dict]:
-    """(summary incl. config and state, history rows, run record) of the one offline W&B run in run_dir."""
+def inspect_wandb(run_dir: Path) -> dict:
+    """The one offline W&B run in run_dir, read back from its .wandb file with `wandb leet inspect --json`:
+    run record (config, group, job type, name), history rows, merged summary and exit code."""
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
-    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(runs[0])]
-    summary = json.loads(subprocess.run([*cmd, "--summary"], capture_output=True, text=True, check=True).stdout)
-    records = [json.loads(line) for line in
-               subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines() if line.strip()]
-    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(runs[0])],
+                         capture_output=True, text=True, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
     run = next(r["run"] for r in records if r["type"] == "run")
-    return summary, history, run
+    summary: dict = {}
+    for r in records:
+        if r["type"] == "summary":
+            summary.update(r["summary"].get("update", {}))
+    return {"run": run, "config": run["config"]["update"], "summary": summary,
+            "history": [r["history"]["item"] for r in records if r["type"] == "history"],
+            "exit_code": next(r["exit"]["exit_code"] for r in records if r["type"] == "exit")}
 
 
 def test_two_wandb_jobs_log_config_and_epoch_metrics(tmp_path, monkeypatch):
@@ -41,9 +46,9 @@ def test_two_wandb_jobs_log_config_and_epoch_metrics(tmp_path, monkeypatch):
         dispatch(make_cfg(run, "logger=wandb", "logger.wandb.group=tk", f"algorithm.T={T}", "trainer.epochs=2"))
         runs[T] = run
     for T, run in runs.items():
-        summary, history, record = inspect_wandb(run)
-        assert summary["state"] == "finished" and summary["exit_code"] == 0
-        config = summary["config"]
+        logged = inspect_wandb(run)
+        record, history, config = logged["run"], logged["history"], logged["config"]
+        assert logged["exit_code"] == 0
         assert config["algorithm"]["T"] == T and config["model"]["fc"] == [8, 2] and "hydra" not in config
         assert config["dataset"]["name"] == "synth_sentiment"
         assert record["job_type"] == "ep" and record["run_group"] == "tk"
@@ -54,8 +59,8 @@ def test_two_wandb_jobs_log_config_and_epoch_metrics(tmp_path, monkeypatch):
             for key in ("train/loss", "train/acc", "val/loss", "val/acc", "lr/0", "time/epoch_s"):
                 assert h[key] == pytest.approx(float(row[key]), rel=1e-12), key
         local = json.loads((run / "summary.json").read_text())
-        assert summary["summary"]["test/acc"] == local["test/acc"]
-        assert summary["summary"]["best_epoch"] == local["best_epoch"]
+        assert logged["summary"]["test/acc"] == local["test/acc"]
+        assert logged["summary"]["best_epoch"] == local["best_epoch"]
 
 
 def test_wandb_run_is_marked_failed_on_a_crash(tmp_path, monkeypatch):
@@ -65,9 +70,9 @@ def test_wandb_run_is_marked_failed_on_a_crash(tmp_path, monkeypatch):
         with Tracker(cfg, tmp_path) as tracker:
             tracker.log_epoch(1, {"train/loss": 0.5})
             raise RuntimeError("boom")
-    summary, history, _ = inspect_wandb(tmp_path)
-    assert summary["state"] == "failed" and summary["exit_code"] == 1
-    assert history[0]["train/loss"] == 0.5
+    logged = inspect_wandb(tmp_path)
+    assert logged["exit_code"] == 1  # shown as failed
+    assert logged["history"][0]["train/loss"] == 0.5
 
 
 def test_csv_takes_new_metric_names_in_any_epoch(tmp_path):

@@ -28,6 +28,13 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def skip_plots(request, monkeypatch):
+    """Figures cost ~1 s of matplotlib per run; only the run-directory test draws them."""
+    if request.node.name != "test_training_writes_the_run_directory":
+        monkeypatch.setattr(train, "_plot", lambda rows, run_dir: None)
+
+
 def make_cfg(run_dir: Path, *overrides: str):
     """The composed config (as run.py would build it) with the tiny preset and a fixed run directory."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
