@@ -335,9 +335,18 @@ def _resume(target, net, optimizer, scheduler, generators, best_path: Path):
         raise SeqepError(f"{path} is not a full seqep training checkpoint (no optimizer state); resume from a "
                          "run's checkpoints/last.pt, or start from its weights with checkpoint.load")
     ckpt.load_weights(net, path)
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
+    for group, now in (("optimizer", _opt_name(optimizer)), ("scheduler", "none" if scheduler is None else "cosine")):
+        then = str((state.get("config") or {}).get(group, {}).get("name", now))
+        if then != now:
+            raise SeqepError(f"{path} was trained with {group}={then}, this run has {group}={now}: resume with "
+                             f"{group}={then}, or start from its weights with checkpoint.load")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise SeqepError(f"the optimizer state in {path} does not fit this run's optimizer ({err}); "
+                         "start from its weights with checkpoint.load instead") from None
     ckpt.restore_rng(state["rng"], generators)
     epoch, best = int(state["epoch"]), state["best"]
     old_dir = path.parent.parent if path.parent.name == ckpt.CKPT_DIR else path.parent
@@ -361,6 +370,10 @@ def _weights_only_state(net: HopfieldEPNet, epoch: int, val_acc: float, config: 
     return {"format": ckpt.FORMAT, "version": ckpt.VERSION,
             "model_state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},
             "epoch": epoch, "best": {"val_acc": float(val_acc), "epoch": epoch}, "config": config}
+
+
+def _opt_name(optimizer: torch.optim.Optimizer) -> str:
+    return "adam" if isinstance(optimizer, torch.optim.Adam) else "sgd"
 
 
 def _describe_algorithm(cfg: DictConfig) -> str:

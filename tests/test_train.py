@@ -128,11 +128,14 @@ def test_resume_gives_identical_weights(tmp_path):
     assert (resumed / "checkpoints" / "best.pt").is_file()
 
 
-def test_resume_needs_a_full_checkpoint(tmp_path):
+def test_resume_needs_a_full_checkpoint_of_the_same_optimizer(tmp_path):
     first = tmp_path / "first"
     dispatch(make_cfg(first, "trainer.epochs=1"))
     with pytest.raises(SeqepError, match="not a full seqep training checkpoint"):
         dispatch(make_cfg(tmp_path / "again", f"checkpoint.resume={first / 'checkpoints' / 'best.pt'}"))
+    with pytest.raises(SeqepError, match="trained with optimizer=adam, this run has optimizer=sgd"):
+        dispatch(make_cfg(tmp_path / "sgd", f"checkpoint.resume={first}", "optimizer=sgd",
+                          "optimizer.lrs=[0.01,0.01,0.01]"))
 
 
 class PoisonedEstimator:
