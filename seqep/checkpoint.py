@@ -47,6 +47,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -56,6 +57,33 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a checkpoint file atomically (e.g. the old run's best.pt into a resumed run)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.copy.tmp")
+    tmp.write_bytes(Path(src).read_bytes())
+    os.replace(tmp, dst)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def weights_state(model: nn.Module, epoch: int, val_acc: float, config: dict[str, Any]) -> dict[str, Any]:
+    """best.pt: the weights of the best validation epoch, without optimizer or RNG state."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "epoch": int(epoch),
+        "best": {"val_acc": float(val_acc), "epoch": int(epoch)},
+        "config": config,
+    }
 
 
 def training_state(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from itertools import islice
 from pathlib import Path
@@ -246,7 +245,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                 improved = val["val/acc"] > best_acc
                 if improved:
                     best_acc, best_epoch = val["val/acc"], epoch
-                    ckpt.save_checkpoint(best_path, _weights_only_state(net, epoch, best_acc, config))
+                    ckpt.save_checkpoint(best_path, ckpt.weights_state(net, epoch, best_acc, config))
                 save_every = int(_get(cfg, "checkpoint.save_every", 1) or 1)
                 if epoch % save_every == 0 or epoch == epochs:
                     ckpt.save_checkpoint(last_path, ckpt.training_state(
@@ -352,10 +351,7 @@ def _resume(target, net, optimizer, scheduler, generators, best_path: Path):
     old_dir = path.parent.parent if path.parent.name == ckpt.CKPT_DIR else path.parent
     old_best = old_dir / ckpt.CKPT_DIR / "best.pt"
     if old_best.is_file() and old_best.resolve() != best_path.resolve():
-        best_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = best_path.with_suffix(".pt.tmp")
-        shutil.copyfile(old_best, tmp)
-        os.replace(tmp, best_path)
+        ckpt.copy_checkpoint(old_best, best_path)
     history = {}
     if (old_dir / "metrics.jsonl").is_file():
         for line in (old_dir / "metrics.jsonl").read_text().splitlines():
@@ -364,12 +360,6 @@ def _resume(target, net, optimizer, scheduler, generators, best_path: Path):
                 history[row["epoch"]] = row
     print(f"resumed from {path} after epoch {epoch} (best val acc {best['val_acc']:.4f} at epoch {best['epoch']})")
     return epoch, float(best["val_acc"]), int(best["epoch"]), [history[k] for k in sorted(history)]
-
-
-def _weights_only_state(net: HopfieldEPNet, epoch: int, val_acc: float, config: dict) -> dict[str, Any]:
-    return {"format": ckpt.FORMAT, "version": ckpt.VERSION,
-            "model_state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},
-            "epoch": epoch, "best": {"val_acc": float(val_acc), "epoch": epoch}, "config": config}
 
 
 def _opt_name(optimizer: torch.optim.Optimizer) -> str:

@@ -23,6 +23,7 @@ def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
     net = tiny()
     ckpt.save_checkpoint(path, {"model_state_dict": net.state_dict(), "epoch": 1})
     before = path.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~ckpt._umask()  # not mkstemp's 0600
 
     def broken_save(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")  # the process dies after a partial write
