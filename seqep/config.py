@@ -104,6 +104,9 @@ class TrainerConfig:
     limit_eval_batches: Optional[int] = None
     log_every: int = 50  # batches between progress-bar metric updates and batch-level logs
     probe_every: int = 1  # epochs between EP-vs-BPTT gradient probes; 0 = never
+    probe_size: int = 64  # examples in the fixed probe batch (the first of the validation split)
+    diagnostics_every: int = 10  # batches between EP diagnostics (relax/, out/, attn/, grad/ metrics); 0 = off
+    diagnostics_tol: float = 1e-3  # an example whose largest last-step state change exceeds this is unsettled
     progress: bool = True  # tqdm progress bar
 
 
@@ -269,6 +272,8 @@ def validate(cfg: DictConfig) -> None:
         if t[key] is not None:
             _positive(f"trainer.{key}", t[key])
     _positive("trainer.probe_every", t.probe_every, allow_zero=True)
+    _positive("trainer.probe_size", t.probe_size)
+    _positive("trainer.diagnostics_every", t.diagnostics_every, allow_zero=True)
 
     if cfg.task == "test" and cfg.checkpoint.load is None and cfg.checkpoint.resume is None:
         raise SeqepError("task=test needs a checkpoint: checkpoint.load=<run dir>/checkpoints/best.pt "

@@ -18,6 +18,7 @@ SPEC.md §8 says why each matters on the default data.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
@@ -140,3 +141,42 @@ class EpochAverager:
 
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+class Diagnostics:
+    """The trainer's hook: every `every`-th batch (the first included) it records the phase, output, attention
+    and gradient metrics; at the end of an epoch it returns their means, plus the EP-vs-BPTT probe on a fixed
+    batch every `probe_every` epochs. `every=0` and `probe_every=0` switch the parts off."""
+
+    def __init__(self, estimator: Estimator, every: int, tol: float, probe_every: int,
+                 probe_batch: tuple[Tensor, Tensor] | None) -> None:
+        self.estimator, self.every, self.tol = estimator, every, tol
+        self.probe_every, self.probe_batch = probe_every, probe_batch
+        self.beta = getattr(estimator, "beta", None)
+        self.averager = EpochAverager()
+        self.seconds = 0.0  # time spent here this epoch, reported as time/diagnostics_s
+
+    def due(self, batch_index: int) -> bool:
+        """Batch indices start at 1."""
+        return self.every > 0 and (batch_index - 1) % self.every == 0
+
+    def snapshot(self, net: HopfieldEPNet) -> dict[str, Tensor]:
+        start = time.perf_counter()
+        weights = {n: p.detach().clone() for n, p in net.named_parameters()}
+        self.seconds += time.perf_counter() - start
+        return weights
+
+    def record(self, net: HopfieldEPNet, x: Tensor, y: Tensor, out: StepOutput, before: dict[str, Tensor]) -> None:
+        """After the optimizer step: `before` holds the weights the step started from."""
+        start = time.perf_counter()
+        self.averager.add({**phase_metrics(net, x, y, out, self.tol, self.beta), **gradient_metrics(net, before)})
+        self.seconds += time.perf_counter() - start
+
+    def epoch_metrics(self, net: HopfieldEPNet, epoch: int) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = self.averager.means()
+        if self.probe_batch is not None and self.probe_every > 0 and epoch % self.probe_every == 0:
+            metrics.update(probe(net, self.estimator, *self.probe_batch))
+        metrics["time/diagnostics_s"] = self.seconds + time.perf_counter() - start
+        self.averager, self.seconds = EpochAverager(), 0.0
+        return metrics

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from seqep import checkpoint as ckpt
 from seqep.data import iterate_batches, load_dataset
+from seqep.diagnostics import Diagnostics
 from seqep.errors import SeqepError
 from seqep.estimators import Estimator, build_estimator
 from seqep.network import HopfieldEPNet, build_model
@@ -106,6 +107,19 @@ def make_estimator(cfg: DictConfig, generator: torch.Generator) -> Estimator:
         raise SeqepError(str(err)) from None
 
 
+def make_diagnostics(cfg: DictConfig, estimator: Estimator, bundle, device, dtype) -> Diagnostics:
+    """EP diagnostics (seqep/diagnostics.py); the probe batch is the first examples of the validation split."""
+    probe_every = int(_get(cfg, "trainer.probe_every", 1) or 0)
+    probe_batch = None
+    if probe_every > 0 and len(bundle.val.labels) > 0:
+        size = int(_get(cfg, "trainer.probe_size", 64))
+        probe_batch = next(iterate_batches(bundle.val, bundle.vectors, size, shuffle=False, device=device,
+                                           dtype=dtype))
+    return Diagnostics(estimator, every=int(_get(cfg, "trainer.diagnostics_every", 10) or 0),
+                       tol=float(_get(cfg, "trainer.diagnostics_tol", 1e-3)), probe_every=probe_every,
+                       probe_batch=probe_batch)
+
+
 def _device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
     device = str(_get(cfg, "device", "cpu"))
     if device == "auto":
@@ -163,7 +177,7 @@ def _check_finite(epoch: int, batch: int, out, net: HopfieldEPNet, last_good: st
 
 
 def train_epoch(net, estimator, optimizer, bundle, cfg, device, dtype, generator, epoch: int,
-                tracker: Tracker, last_good: str) -> dict[str, float]:
+                tracker: Tracker, last_good: str, diagnostics: Diagnostics) -> dict[str, float]:
     batch_size = int(cfg.dataset.batch_size)
     limit = _get(cfg, "trainer.limit_train_batches")
     log_every = int(_get(cfg, "trainer.log_every", 0) or 0)
@@ -177,8 +191,11 @@ def train_epoch(net, estimator, optimizer, bundle, cfg, device, dtype, generator
     for i, (x, y) in enumerate(bar, start=1):
         out = estimator.compute_gradients(net, x, y)
         _check_finite(epoch, i, out, net, last_good)
+        before = diagnostics.snapshot(net) if diagnostics.due(i) else None
         optimizer.step()
         _check_finite(epoch, i, out, net, last_good)
+        if before is not None:
+            diagnostics.record(net, x, y, out, before)
         b_loss, b_correct, b_ties = _batch_stats(out.output.detach(), y)
         loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
         if i % 10 == 0 or i == total:
@@ -216,6 +233,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                   "estimator": torch.Generator().manual_seed(seed + 1)}  # e.g. EP random_sign
     data_gen = generators["data"]
     estimator = make_estimator(cfg, generators["estimator"])
+    diagnostics = make_diagnostics(cfg, estimator, bundle, device, dtype)
     start_epoch, best_acc, best_epoch, history = 0, -math.inf, 0, []
     if resume:
         start_epoch, best_acc, best_epoch, history = _resume(resume, net, optimizer, scheduler, generators,
@@ -237,7 +255,8 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                 t0 = time.time()
                 lrs = [g["lr"] for g in optimizer.param_groups]
                 train = train_epoch(net, estimator, optimizer, bundle, cfg, device, dtype, data_gen, epoch,
-                                    tracker, last_good)
+                                    tracker, last_good, diagnostics)
+                train.update(diagnostics.epoch_metrics(net, epoch))
                 t_train = time.time() - t0
                 val = evaluate(net, estimator, bundle.val, bundle, cfg, device, dtype, "val")
                 if scheduler is not None:

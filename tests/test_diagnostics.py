@@ -109,3 +109,34 @@ def test_epoch_averager():
     avg.add({"a": 1.0, "b": 3.0})
     avg.add({"a": 3.0})
     assert avg.means() == {"a": 2.0, "b": 3.0}
+
+
+def test_training_logs_every_diagnostic_to_metrics_and_wandb(tmp_path, monkeypatch):
+    """A short run: every metric family of issue 7 is in metrics.csv and in the offline W&B run."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_track import inspect_wandb
+    from test_train import make_cfg, read_csv
+
+    from seqep.tasks import dispatch
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setattr("seqep.train._plot", lambda rows, run_dir: None)
+    dispatch(make_cfg(tmp_path, "logger=wandb", "trainer.epochs=2", "trainer.diagnostics_every=2",
+                      "trainer.probe_every=2"))
+    rows = read_csv(tmp_path / "metrics.csv")
+    expected = ["relax/free/max_change", "relax/free/mean_change", "relax/free/frac_unsettled", "relax/free/steps",
+                "relax/plus/phi", "relax/minus/max_change", "out/tie_rate", "out/sat/out", "attn/entropy/s1",
+                "grad/norm/synapses.1.weight", "grad/weight_norm/synapses.0.weight",
+                "grad/update_ratio/synapses.2.bias", "time/diagnostics_s"]
+    for key in expected:
+        assert float(rows[0][key]) >= 0.0, key
+    assert rows[0]["ep/probe/cos_min"] == "" and -1.0 <= float(rows[1]["ep/probe/cos_min"]) <= 1.0
+    assert float(rows[1]["relax/free/steps"]) == 6.0 and float(rows[1]["relax/plus/steps"]) == 3.0  # T, K
+    history = inspect_wandb(tmp_path)["history"]
+    for key in [*expected, "ep/probe/cos/synapses.0.weight"]:
+        assert key in history[-1], key
+    assert history[-1]["out/tie_rate"] == pytest.approx(float(rows[1]["out/tie_rate"]))
