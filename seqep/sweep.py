@@ -95,7 +95,9 @@ def plot(df: pd.DataFrame, path: str | Path) -> Path | None:
     metrics = [k for k in ACCURACY_KEYS if k in df.columns and df[k].notna().any()]
     if not metrics:
         return None
-    keys = [k for k in swept_keys(df) if k not in REPLICATE_KEYS] or ["job"]
+    swept = swept_keys(df)
+    keys = [k for k in swept if k not in REPLICATE_KEYS] or swept or ["job"]
+    per_run = keys[0] in REPLICATE_KEYS or keys[0] == "job"  # one point per run: no lines between them
     data = df.melt(id_vars=[c for c in df.columns if c not in metrics], value_vars=metrics,
                    var_name="metric", value_name="accuracy")
     data = data.dropna(subset=["accuracy"])
@@ -114,7 +116,8 @@ def plot(df: pd.DataFrame, path: str | Path) -> Path | None:
     sns.set_theme(style="whitegrid")
     grid = sns.catplot(data=data, x=x, y="accuracy", hue=hue, col="metric", row=row, kind="point",
                        order=[str(v) for v in values], height=3.2, aspect=1.4, dodge=0.2 if hue else False,
-                       sharey=False, errorbar=("pi", 100))  # several seeds per point: the min-max range
+                       sharey=False, errorbar=("pi", 100),  # several seeds per point: the min-max range
+                       linestyles="none" if per_run else "-")
     grid.figure.suptitle(f"sweep: {Path(path).parent.name}  ({len(df)} jobs)", y=1.02)
     path = Path(path)
     grid.savefig(path, dpi=120, bbox_inches="tight")
