@@ -146,6 +146,7 @@ class BenchConfig:
     tol: Optional[float] = 1e-4  # the early-stop tolerance measured as an option
     old_code_batches: bool = True  # also time the old code's autograd-of-Φ step
     ceiling_size: Optional[int] = None  # matmul size of the GFLOP/s ceiling; null = 2048 on CPU, 8192 on GPU
+    compile: bool = False  # also time a torch.compile'd step
 
 
 @dataclass
