@@ -404,9 +404,24 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _plot(rows: list[dict], run_dir: Path) -> None:
-    from seqep.plots import plot_learning_curves
+    """plots/learning_curves.png and plots/summary.png (docs/dashboards.md), also to the active W&B run."""
+    import sys
 
     try:
-        plot_learning_curves(rows, run_dir / "plots" / "learning_curves.png")
-    except Exception as err:  # a figure must never cost a finished run
-        print(f"warning: could not draw the learning curves ({type(err).__name__}: {err})")
+        from seqep.plots import plot_learning_curves, plot_run_summary
+    except Exception as err:  # a figure must never cost a finished run (e.g. a broken matplotlib install)
+        print(f"warning: could not draw the figures ({type(err).__name__}: {err})")
+        return
+    drawn = {}
+    for key, draw, what in (("plots/learning_curves", plot_learning_curves, "the learning curves"),
+                            ("plots/summary", plot_run_summary, "the summary figure")):
+        try:
+            drawn[key] = draw(rows, run_dir / f"{key}.png")
+        except Exception as err:  # a figure must never cost a finished run
+            print(f"warning: could not draw {what} ({type(err).__name__}: {err})")
+    wandb = sys.modules.get("wandb")  # imported by the tracker when logger=wandb; never imported here
+    if drawn and wandb is not None and wandb.run is not None:
+        try:
+            wandb.run.log({key: wandb.Image(str(path)) for key, path in drawn.items()})
+        except Exception as err:
+            print(f"warning: could not log the figures to W&B ({type(err).__name__}: {err})")
