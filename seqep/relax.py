@@ -2,18 +2,20 @@
 
 Free phase = `relax(..., beta=0)` from zero states; nudged phases = `relax(..., beta=±β)` from the free
 equilibrium. The constant input drive and the Hopfield keys are computed once per call (or passed in, to share
-them between phases). Runs in whatever grad mode the caller chose: under `torch.no_grad()` for EP, with a
-graph for BPTT.
+them between phases). Runs in whatever grad mode the caller chose: under `torch.no_grad()` for EP (closed-form
+steps into two reused buffers, `ClosedFormPhase`), with a graph for BPTT (functional steps).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from seqep.network import HopfieldEPNet, States
+from seqep.network.model import ClosedFormPhase
 
 FIELD_MODES = ("closed", "autograd")
 
@@ -52,20 +54,24 @@ def relax(
     """Run up to `steps` synchronous steps; stop early when the largest change of every example < `tol`."""
     if field_mode not in FIELD_MODES:
         raise ValueError(f"field_mode must be one of {FIELD_MODES}, got {field_mode!r}")
-    if field_mode == "closed":
-        step, drive = net.step, net.input_drive(x) if drive is None else drive
-    else:  # the old code's way: Φ (input drive included) rebuilt and differentiated every step
-        step, drive = net.step_autograd, None
     keys = net.keys(x) if keys is None else keys
+    if field_mode == "autograd":  # the old code's way: Φ (input drive included) rebuilt and differentiated
+        step = partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
+    elif torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can go back through them
+        drive = net.input_drive(x) if drive is None else drive
+        step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
+    else:  # EP phases: no graph, two reused state buffers
+        step = ClosedFormPhase(net, x, beta, target, drive, keys)
+    reused = isinstance(step, ClosedFormPhase)
     trajectory, largest, mean = [], None, None
     for t in range(steps):
-        new = step(x, states, beta, target, drive=drive, keys=keys)
+        new = step(states)
         if tol is not None or t == steps - 1:
             with torch.no_grad():
                 largest, mean = state_change(new, states)
         states = new
         if record:
-            trajectory.append(states)
+            trajectory.append([s.clone() for s in states] if reused else states)
         if tol is not None and bool(largest.max() < tol):
             return RelaxResult(states, t + 1, largest, mean, trajectory)
     return RelaxResult(states, steps, largest, mean, trajectory)

@@ -1,8 +1,9 @@
 """Equilibrium Propagation estimators (SPEC.md §4).
 
 All variants compare ⟨∂Φ/∂θ⟩ at two state sets `a`, `b` with a coefficient `c`:
-`θ.grad = −c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))`, computed as one autograd call on Φ over the stacked batch
-(states held fixed; the nudge term of Φ does not depend on θ).
+`θ.grad = −c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))` (states held fixed; the nudge term of Φ does not depend on θ): in closed
+form from the state differences with `field_mode="closed"`, by autograd of Φ over the stacked batch of 2B with
+`"autograd"`.
 
 | variant      | a    | b    | c       |
 |--------------|------|------|---------|
@@ -11,7 +12,8 @@ All variants compare ⟨∂Φ/∂θ⟩ at two state sets `a`, `b` with a coeffic
 | negative     | s⁰   | s⁻β  | 1/β     |  one-sided with −β
 | random_sign  | s^±β | s⁰   | 1/(±β)  |  sign of β drawn per batch (Laborieux et al. 2021)
 
-The symmetric variant runs its +β and −β phases as one batch of 2B (one set of large matmuls per step).
+The symmetric variant runs its +β and −β phases as one batch of 2B (one set of large matmuls per step); with
+`field_mode="autograd"` (the old code's way, kept as oracle and speed baseline) it runs them one after another.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ class EP(Estimator):
             keys = net.keys(x)
             free = self.free_phase(net, x, beta=self.beta_free, target=target, drive=drive, keys=keys)
             s0, beta, phases = free.states, self.beta, {}
-            if self.variant == "symmetric":
-                both = self._symmetric_phases(net, x, s0, target, drive, keys)
-                phases["plus"], phases["minus"] = both
-                a, b, c = both[0].states, both[1].states, 1.0 / (2 * beta)
+            if self.variant == "symmetric" and closed:
+                phases["plus"], phases["minus"] = self._symmetric_phases(net, x, s0, target, drive, keys)
+                a, b, c = phases["plus"].states, phases["minus"].states, 1.0 / (2 * beta)
+            elif self.variant == "symmetric":  # the old code's way: one phase after the other
+                phases["plus"] = self.nudged_phase(net, x, s0, beta, target, drive, keys)
+                phases["minus"] = self.nudged_phase(net, x, s0, -beta, target, drive, keys)
+                a, b, c = phases["plus"].states, phases["minus"].states, 1.0 / (2 * beta)
             elif self.variant == "positive":
                 phases["plus"] = self.nudged_phase(net, x, s0, beta, target, drive, keys)
                 a, b, c = phases["plus"].states, s0, 1.0 / beta
@@ -66,7 +71,7 @@ class EP(Estimator):
                 key = "plus" if sign > 0 else "minus"
                 phases[key] = self.nudged_phase(net, x, s0, sign * beta, target, drive, keys)
                 a, b, c = phases[key].states, s0, 1.0 / (sign * beta)
-        set_grads(net, self.phi_difference_grads(net, x, a, b, c))
+        set_grads(net, self.phi_difference_grads(net, x, a, b, c, closed))
         return StepOutput(mse_loss(net.output(s0), target), net.output(s0), free, phases)
 
     def _symmetric_phases(self, net, x, s0, target, drive, keys) -> tuple[RelaxResult, RelaxResult]:
@@ -81,9 +86,13 @@ class EP(Estimator):
                                  res.mean_change[part]) for part in (plus, minus))
 
     @staticmethod
-    def phi_difference_grads(net: HopfieldEPNet, x: Tensor, a, b, c: float):
-        """`−c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))` for every parameter, one autograd call over the 2B stack."""
+    def phi_difference_grads(net: HopfieldEPNet, x: Tensor, a, b, c: float, closed: bool = True):
+        """`−c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))` for every parameter: in closed form from the state differences
+        (`closed=True`), or as one autograd call on Φ over the 2B stack of `a` and `b` (the old code's way)."""
         B = x.shape[0]
+        if closed:
+            with torch.no_grad():
+                return [-c / B * g for g in net.phi_grad_difference(x, a, b)]
         with torch.enable_grad():
             phi = net.phi(torch.cat([x, x]), [torch.cat([sa, sb]) for sa, sb in zip(a, b)])
             surrogate = -c * (phi[:B].sum() - phi[B:].sum()) / B

@@ -146,7 +146,7 @@ class HopfieldEPNet(nn.Module):
         drive = self.input_drive(x) if drive is None else drive
         syns = self.dense
         # top-down feedback into each layer from the layer above: W_{k+1}ᵀ s_{k+1}
-        g_proj = drive + (dense[0] @ syns[0].weight).view_as(proj)
+        g_proj = torch.addmm(drive.flatten(1), dense[0], syns[0].weight).view_as(proj)
         inputs = [proj.flatten(1), *dense[:-1]]
         g_dense = []
         for k, (syn, prev) in enumerate(zip(syns, inputs)):
@@ -187,6 +187,21 @@ class HopfieldEPNet(nn.Module):
             fields = torch.autograd.grad(phi, leaves, create_graph=building)
         return self.update(list(fields), *keys)
 
+    def phi_grad_difference(self, x: Tensor, a: States, b: States) -> list[Tensor]:
+        """`Σ_batch (∂Φ/∂θ(a) − ∂Φ/∂θ(b))` for every parameter in closed form (SPEC.md §4): `∂Φ/∂W_k = s_{k+1} s_kᵀ`,
+        `∂Φ/∂b_k = s_{k+1}`, `∂Φ/∂W_P = Σ_l s_P,l x_P,lᵀ`; the nudge term of Φ does not depend on θ.
+
+        Formed from state differences rather than as the difference of two large sums: EP's two state sets
+        differ by O(β), and in float32 the difference of the sums loses digits of the small projection gradient
+        (SPEC.md §8, pitfall 4). Dense layers use `h pᵀ − h' p'ᵀ = ½[(h − h')(p + p')ᵀ + (h + h')(p − p')ᵀ]`."""
+        queries = self._segments(x)[:, self.query_seg]  # (B, n_proj, L, d)
+        grads = list(torch.einsum("bple,bpld->ped", a[0] - b[0], queries).unbind(0))
+        inputs = lambda s: [s[0].flatten(1), *s[1:-1]]
+        for p_a, p_b, h_a, h_b in zip(inputs(a), inputs(b), a[1:], b[1:]):
+            dh = h_a - h_b
+            weight = (dh.T @ (p_a + p_b)).addmm_((h_a + h_b).T, p_a - p_b).mul_(0.5)
+            grads += [weight, dh.sum(0)]
+        return grads
 
 def build_model(kind: str, seq_len: int, embed_dim: int, fc: Sequence[int], activation: str = "my_hard_sig",
                 attn_scale: float | None = None, mask_padding: bool = False) -> HopfieldEPNet:
@@ -194,3 +209,60 @@ def build_model(kind: str, seq_len: int, embed_dim: int, fc: Sequence[int], acti
     if attn_scale is None:
         attn_scale = PAPER_ATTN_SCALE[kind] if kind in PAPER_ATTN_SCALE else None
     return HopfieldEPNet(kind, seq_len, embed_dim, fc, activation, attn_scale, mask_padding)
+
+
+class ClosedFormPhase:
+    """Closed-form synchronous steps for one phase (fixed x, β, target) without autograd and without per-step
+    allocation of the large tensors (SPEC.md §3); `relax` uses it under `torch.no_grad()`.
+
+    Prepared once per phase: the Hopfield keys and `β_att keysᵀ` as contiguous `(B·n_proj, L, d)` /
+    `(B·n_proj, d, L)` blocks (the batched matmuls copy nothing), and the drive's share of the attention scores,
+    `β_att x_P W_Pᵀ X_Pᵀ`, since `g_P X_Pᵀ = drive_P X_Pᵀ + unvec(W_1ᵀ s_1)_P X_Pᵀ` and the first term is
+    constant. Two state buffers alternate: a step reads one set and writes the other, so the caller's start
+    states are never written and the returned states stay valid until the next-but-one step. The large
+    products (top-down feedback, scores, retrieval, dense fields) are written with `out=` or in place; only the
+    small dense activations allocate.
+    """
+
+    def __init__(self, net: HopfieldEPNet, x: Tensor, beta: float | Tensor = 0.0, target: Tensor | None = None,
+                 drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None) -> None:
+        self.net = net
+        keys, mask = net.keys(x) if keys is None else keys
+        B, P, L, d = keys.shape
+        self.blocks = (B * P, L, d)
+        drive = net.input_drive(x) if drive is None else drive
+        self.keys = keys.reshape(self.blocks)
+        self.scaled_keys_t = (net.attn_scale * self.keys).transpose(1, 2).contiguous()
+        self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
+        self.mask = None if mask is None else mask.reshape(B * P, 1, L)
+        self.nudge = None if target is None or _is_zero(beta) else (_column(beta), target)
+        self.feedback = drive.new_empty(B, P * L * d)
+        self.scores = drive.new_empty(B * P, L, L)
+        self.attention = drive.new_empty(B * P, L, L)
+        self.buffers: list[States] = [net.init_states(B, device=x.device, dtype=drive.dtype) for _ in range(2)]
+        self.turn = 0
+
+    def __call__(self, states: States) -> States:
+        """One step from `states` (the start states or the last states returned; never written)."""
+        net, (proj, *dense) = self.net, states
+        new, self.turn = self.buffers[self.turn], 1 - self.turn
+        syns = net.dense
+        # projections: g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
+        torch.mm(dense[0], syns[0].weight, out=self.feedback)
+        torch.baddbmm(self.drive_scores, self.feedback.view(self.blocks), self.scaled_keys_t, out=self.scores)
+        if self.mask is not None:
+            self.scores.masked_fill_(self.mask, torch.finfo(self.scores.dtype).min)
+        torch.softmax(self.scores, dim=-1, out=self.attention)
+        torch.bmm(self.attention, self.keys, out=new[0].view(self.blocks))
+        # dense layers: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
+        inputs = [proj.flatten(1), *dense[:-1]]
+        for k, (syn, prev, g) in enumerate(zip(syns, inputs, new[1:])):
+            torch.addmm(syn.bias, prev, syn.weight.T, out=g)
+            if k + 1 < len(syns):
+                g.addmm_(dense[k + 1], syns[k + 1].weight)
+        if self.nudge is not None:
+            beta, target = self.nudge
+            new[-1].add_(beta * (target - dense[-1]))
+        for g in new[1:]:
+            g.copy_(net.act(g))
+        return new

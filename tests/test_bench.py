@@ -1,0 +1,164 @@
+"""The benchmark task and the fast relaxation path it measures: bench.json keys, the FLOP model against a hand
+count and PyTorch's counter, and the closed-form fast path (`ClosedFormPhase`) against autograd of Φ.
+No timing assertions: timings depend on the machine and its load."""
+
+import copy
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from seqep.bench import SHAPES, PeakMemory, run_bench, step_flops, train_flops
+from seqep.errors import SeqepError
+from seqep.estimators import EP
+from seqep.network import one_hot
+from seqep.network.model import ClosedFormPhase
+from seqep.relax import relax
+
+from small_models import small_input, small_net
+
+
+def bench_cfg(**bench):
+    settings = dict(shapes=["tiny"], repeats=1, memory_T=[2, 4], memory_shape="tiny", ceiling_size=64,
+                    old_code_batches=False)
+    return OmegaConf.create({"device": "cpu", "dtype": "float32", "seed": 0, "bench": {**settings, **bench}})
+
+
+def test_run_bench_writes_json_with_positive_numbers(tmp_path):
+    summary = run_bench(bench_cfg(), tmp_path)
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {"hardware", "settings", "ceiling_gflops", "rows", "speedups", "shapes", "memory_vs_T",
+            "memory_growth", "old_code"} <= set(report)
+    assert report["ceiling_gflops"] > 0 and report["hardware"]["torch"] == torch.__version__
+    rows = report["rows"]
+    assert {(r["phase"], r["algorithm"], r["path"]) for r in rows} == {
+        ("free", "ep|bptt", "closed"), ("free", "ep|bptt", "autograd"), ("train", "ep", "closed"),
+        ("train", "ep", "autograd"), ("train", "bptt", "closed"), ("train", "bptt", "autograd")}
+    for r in rows:
+        assert r["samples_per_s"] > 0 and r["gflops_per_s"] > 0 and r["peak_mb"] > 0 and r["seconds"] > 0
+    assert report["shapes"]["tiny"]["equivalence"]["ok"]
+    assert report["shapes"]["tiny"]["early_stop"]["steps_used"] >= 1
+    assert {(m["algorithm"], m["T"]) for m in report["memory_vs_T"]} == {("ep", 2), ("ep", 4), ("bptt", 2),
+                                                                         ("bptt", 4)}
+    assert all(m["peak_mb"] > 0 for m in report["memory_vs_T"])
+    assert (tmp_path / "plots" / "bench_memory.png").stat().st_size > 0
+    assert summary["speedup/closed/tiny/train/ep"] > 0
+
+
+def test_run_bench_rejects_unknown_shape_and_precision(tmp_path):
+    with pytest.raises(SeqepError, match="bench.shapes"):
+        run_bench(bench_cfg(shapes=["mnist"]), tmp_path)
+    with pytest.raises(SeqepError, match="bench.precision"):
+        run_bench(bench_cfg(precision="fp8"), tmp_path)
+
+
+def test_step_flops_equals_a_hand_count_and_torch_counter():
+    net = small_net("nli")  # L=3, d=5, fc [8, 7, 3], four blocks
+    B, L, d = 2, 3, 5
+    dense = 2 * 2 * (4 * L * d * 8 + 8 * 7 + 7 * 3)  # both directions of Linear(60, 8), (8, 7), (7, 3)
+    attention = 4 * 2 * 2 * L * L * d  # per block: scores g_P X_Pᵀ and retrieval A X_P
+    assert step_flops(net, B) == B * (dense + attention) == 2 * (2228 + 720)
+    x, _ = small_input(net, B=B)
+    states = [torch.rand_like(s) for s in net.init_states(B)]
+    drive, keys = net.input_drive(x), net.keys(x)
+    with FlopCounterMode(display=False) as counter:
+        net.step(x, states, drive=drive, keys=keys)
+    assert counter.get_total_flops() == step_flops(net, B)
+
+
+def test_train_flops_counts_the_phases():
+    net = small_net("sentiment")
+    per_step = step_flops(net, 4)
+    ep, bptt = train_flops(net, "ep", 4, 10, 3), train_flops(net, "bptt", 4, 10, 3)
+    assert ep > per_step * (10 + 2 * 3) and bptt > per_step * (10 + 2 * 3)
+    assert train_flops(net, "ep", 4, 11, 3) - ep == per_step
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])
+@pytest.mark.parametrize("mask_padding", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 0.2, "per-sample"])
+def test_fast_path_equals_autograd_of_phi(kind, mask_padding, beta):
+    net = small_net(kind, mask_padding=mask_padding)
+    x, y = small_input(net)
+    x[:, -1] = 0.0  # a padding token
+    target = one_hot(y, net.n_classes, x.dtype)
+    if beta == "per-sample":
+        beta = torch.linspace(-0.5, 0.5, x.shape[0], dtype=x.dtype)
+    start = relax(net, x, net.init_states(5), 3).states
+    kept = [s.clone() for s in start]
+    with torch.no_grad():
+        fast = relax(net, x, start, 12, beta, target, field_mode="closed", record=True)
+    auto = relax(net, x, start, 12, beta, target, field_mode="autograd", record=True)
+    for a, b in zip(fast.states, auto.states):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for fast_t, auto_t in zip(fast.trajectory, auto.trajectory):  # recorded states are copies, not buffers
+        for a, b in zip(fast_t, auto_t):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(start, kept):  # the start states are never written
+        assert torch.equal(a, b)
+
+
+def test_closed_form_phase_alternates_two_buffers():
+    net = small_net("nli")
+    x, _ = small_input(net)
+    with torch.no_grad():
+        phase = ClosedFormPhase(net, x)
+        s1 = phase(net.init_states(5))
+        s2 = phase(s1)
+        s3 = phase(s2)
+    assert s3[0].data_ptr() == s1[0].data_ptr() != s2[0].data_ptr()
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])
+def test_closed_form_parameter_gradients_equal_autograd(kind):
+    net = small_net(kind)
+    x, y = small_input(net)
+    a, b = ([torch.rand_like(s) for s in net.init_states(5)] for _ in range(2))
+    closed = net.phi_grad_difference(x, a, b)
+    auto = torch.autograd.grad(net.phi(x, a).sum() - net.phi(x, b).sum(), list(net.parameters()))
+    assert len(closed) == len(auto)
+    for c, g in zip(closed, auto):
+        torch.testing.assert_close(c, g, rtol=1e-10, atol=1e-12)
+    grads = {}
+    for mode in ("closed", "autograd"):
+        EP(8, 4, [0.0, 0.1], field_mode=mode).compute_gradients(net, x, y)
+        grads[mode] = [p.grad.clone() for p in net.parameters()]
+    for c, g in zip(*grads.values()):
+        torch.testing.assert_close(c, g, rtol=1e-9, atol=1e-12)
+
+
+def test_ep_gradient_from_state_differences_keeps_float32_digits():
+    """The projection gradient is a small difference of large sums; formed from s⁺ − s⁻ it keeps more float32
+    digits than autograd of Φ(s⁺) − Φ(s⁻) (SPEC.md §8, pitfall 4). Same float32 states for both; the reference
+    is float64 arithmetic on those states."""
+    net = small_net("nli", seq_len=12, embed_dim=32, fc=[16, 3])
+    x, y = small_input(net, B=8)
+    out = EP(30, 15, [0.0, 0.01]).compute_gradients(net, x, y)
+    plus, minus = ([s.float() for s in out.phases[k].states] for k in ("plus", "minus"))
+    net32, x32 = copy.deepcopy(net).float(), x.float()
+    truth = EP.phi_difference_grads(copy.deepcopy(net32).double(), x32.double(), [s.double() for s in plus],
+                                    [s.double() for s in minus], 50.0)[0]
+    errors = {}
+    for closed in (True, False):
+        g = EP.phi_difference_grads(net32, x32, plus, minus, 50.0, closed)[0].double()
+        errors[closed] = ((g - truth).norm() / truth.norm()).item()
+    assert errors[True] < 1e-5 and errors[False] > 100 * errors[True], errors
+
+
+def test_peak_memory_sees_a_large_allocation():
+    memory = PeakMemory(torch.device("cpu"))
+    memory.reset()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    peak = memory.peak_mb()
+    del block
+    assert peak > 0
+    if memory.method.startswith("VmHWM"):
+        assert peak - memory.reset() > 50
+
+
+def test_paper_shapes_are_the_issue_shapes():
+    assert (SHAPES["snli"].seq_len, SHAPES["snli"].fc, SHAPES["snli"].T, SHAPES["snli"].K) == (25, (400, 3), 60, 30)
+    assert (SHAPES["imdb"].seq_len, SHAPES["imdb"].fc, SHAPES["imdb"].batch) == (600, (1000, 40, 2), 8)
+    assert SHAPES["default"].fc == (128, 2) and SHAPES["default"].batch == 64
