@@ -90,9 +90,11 @@ class EP(Estimator):
         """`−c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))` for every parameter: in closed form from the state differences
         (`closed=True`), or as one autograd call on Φ over the 2B stack of `a` and `b` (the old code's way)."""
         B = x.shape[0]
-        if closed:
+        if closed:  # into last step's p.grad where it fits (the estimator overwrites p.grad anyway)
+            reuse = [p.grad if p.grad is not None and (p.grad.shape, p.grad.dtype, p.grad.device)
+                     == (p.shape, p.dtype, p.device) else None for p in net.parameters()]
             with torch.no_grad():
-                return [-c / B * g for g in net.phi_grad_difference(x, a, b)]
+                return net.phi_grad_difference(x, a, b, scale=-c / B, out=reuse)
         with torch.enable_grad():
             phi = net.phi(torch.cat([x, x]), [torch.cat([sa, sb]) for sa, sb in zip(a, b)])
             surrogate = -c * (phi[:B].sum() - phi[B:].sum()) / B
