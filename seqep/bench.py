@@ -497,8 +497,6 @@ def read_settings(cfg: Any) -> tuple[Settings, dict[str, Any]]:
     precision = get("precision", "float32")
     if precision not in ("float32", "tf32", "bf16"):
         raise SeqepError(f"bench.precision must be float32, tf32 or bf16, got {precision!r}")
-    if precision == "tf32" and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     dtype = torch.bfloat16 if precision == "bf16" else resolve_dtype(OmegaConf.select(cfg, "dtype", default="float32"))
     options = {"shapes": list(get("shapes", ["snli", "imdb", "default"])), "memory_shape": get("memory_shape", "snli"),
                "memory_T": [int(t) for t in get("memory_T", [20, 50, 100, 200])],
@@ -523,6 +521,8 @@ def run_bench(cfg: Any, run_dir: str | os.PathLike) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     st, opt = read_settings(cfg)
+    if st.precision == "tf32" and st.device.type == "cuda":  # on CPU float32 matmuls stay float32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     memory = PeakMemory(st.device)
     ceiling = matmul_ceiling(st.device, st.dtype, opt["ceiling_size"])
     report: dict[str, Any] = {"hardware": hardware(st.device), "ceiling_gflops": ceiling,
