@@ -9,10 +9,10 @@ No NLTK data is needed (`ToktokTokenizer` is pure regex).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from bs4 import BeautifulSoup
-from nltk.tokenize.toktok import ToktokTokenizer
 
 SQUARE_BRACKETS = re.compile(r"\[[^]]*\]")
 KEEP = {  # (snli, fix_az_range) -> regex of the characters to delete
@@ -24,7 +24,6 @@ KEEP = {  # (snli, fix_az_range) -> regex of the characters to delete
 SNLI_SENTENCE_PUNCT = re.compile(r"([.?!])")
 BR_TAG = re.compile(r"<br[ \t\n\r\f]*/?>", re.IGNORECASE)
 ASCII_SPACES = " \n\t\f\r"  # what BeautifulSoup collapses in whitespace-only strings
-_TOKTOK = ToktokTokenizer()
 
 
 def strip_html(text: str) -> str:
@@ -63,9 +62,17 @@ def delete_special_characters(text: str, *, snli: bool = False, fix_az_range: bo
     return KEEP[(snli, fix_az_range)].sub("", text)
 
 
+@functools.cache
+def _toktok():
+    """Imported on first use: `import nltk` pulls in scipy and costs seconds on every `run.py --help`."""
+    from nltk.tokenize.toktok import ToktokTokenizer
+
+    return ToktokTokenizer()
+
+
 def tokenize(text: str) -> list[str]:
     """ToktokTokenizer, each token stripped and lowercased; empty tokens dropped."""
-    tokens = (t.strip().lower() for t in _TOKTOK.tokenize(text))
+    tokens = (t.strip().lower() for t in _toktok().tokenize(text))
     return [t for t in tokens if t]
 
 
