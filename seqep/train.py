@@ -77,7 +77,8 @@ def make_optimizer(cfg: DictConfig, net: HopfieldEPNet) -> torch.optim.Optimizer
     name = _get(cfg, "optimizer.name", "adam")
     wd = float(_get(cfg, "optimizer.weight_decay", 0.0) or 0.0)
     if name == "adam":
-        return torch.optim.Adam(groups, eps=float(_get(cfg, "optimizer.eps", 1e-8)), weight_decay=wd)
+        # fused: one kernel for all tensors (SNLI's 12 M parameters: 7 ms instead of 42 ms per step, docs/benchmarks.md)
+        return torch.optim.Adam(groups, eps=float(_get(cfg, "optimizer.eps", 1e-8)), weight_decay=wd, fused=True)
     if name == "sgd":
         return torch.optim.SGD(groups, momentum=float(_get(cfg, "optimizer.momentum", 0.0) or 0.0),
                                weight_decay=wd)
