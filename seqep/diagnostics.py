@@ -61,12 +61,7 @@ def output_health(net: HopfieldEPNet, states: States) -> dict[str, float]:
 
 def attention_entropy(net: HopfieldEPNet, x: Tensor, states: States) -> dict[str, float]:
     """Mean entropy of the attention rows each block would use for its next update, per block."""
-    g_proj = net.fields(x, states)[0]
-    keys, mask = net.keys(x)
-    scores = net.attn_scale * (g_proj @ keys.transpose(-1, -2))
-    if mask is not None:
-        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-    logp = torch.log_softmax(scores, dim=-1)
+    logp = torch.log_softmax(net.attention_scores(net.fields(x, states)[0], *net.keys(x)), dim=-1)
     entropy = -(logp.exp() * logp).sum(-1).mean((0, 2))  # (n_proj,)
     return {f"attn/entropy/{n}": e.item() for n, e in zip(BLOCK_NAMES[net.kind], entropy)}
 

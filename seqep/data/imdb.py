@@ -22,7 +22,7 @@ from seqep.data.bundle import DataBundle
 from seqep.data.clean import TextCleaner
 from seqep.data.errors import DataError, missing_file_error
 from seqep.data.prepare import RawSplits, carve_validation, prepare_text_dataset
-from seqep.data.sources import candidate_paths, data_root, file_identity, find_path
+from seqep.data.sources import candidate_paths, data_root, file_identity, find_path, require_path
 
 FOLDER = "aclImdb"
 ARCHIVE = "aclImdb_v1.tar.gz"
@@ -55,10 +55,7 @@ def load_imdb(cfg: DictConfig) -> DataBundle:
 def locate_imdb(cfg: DictConfig, root: Path) -> Path:
     """The IMDB folder, archive or npz to read (see the module docstring)."""
     if cfg.path:
-        path = find_path(cfg.path, root)
-        if path is None:
-            searched = candidate_paths(cfg.path, root)
-            raise missing_file_error("IMDB data (dataset.path)", [cfg.path], searched, HOW_TO_GET)
+        path = require_path(cfg.path, root, "IMDB data (dataset.path)", HOW_TO_GET)
         return path / FOLDER if (path / FOLDER).is_dir() else path
     searched = []
     for folder in (root, root / "imdb"):

@@ -26,7 +26,7 @@ from seqep.data.bundle import DataBundle
 from seqep.data.clean import TextCleaner
 from seqep.data.errors import DataError, missing_file_error
 from seqep.data.prepare import RawSplits, carve_validation, prepare_text_dataset
-from seqep.data.sources import candidate_paths, data_root, file_identity, find_path
+from seqep.data.sources import data_root, file_identity, require_path
 
 LABELS = {"neutral": 0, "contradiction": 1, "entailment": 2}
 NO_LABEL = "-"
@@ -84,10 +84,7 @@ def load_snli(cfg: DictConfig) -> DataBundle:
 def locate_snli(cfg: DictConfig, root: Path) -> Path:
     """The SNLI folder or zip to read."""
     if cfg.path:
-        path = find_path(cfg.path, root)
-        if path is None:
-            searched = candidate_paths(cfg.path, root)
-            raise missing_file_error("SNLI data (dataset.path)", [cfg.path], searched, HOW_TO_GET)
+        path = require_path(cfg.path, root, "SNLI data (dataset.path)", HOW_TO_GET)
         return path / "snli_1.0" if (path / "snli_1.0").is_dir() else path
     searched = [root / name for name in FOLDERS]
     for path in searched:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from seqep.data.errors import missing_file_error
+
 
 def data_root(root: str) -> Path:
     """The data root as an absolute path (a relative `dataset.root` is relative to the current directory)."""
@@ -25,6 +27,14 @@ def candidate_paths(value: str, root: Path) -> list[Path]:
 def find_path(value: str, root: Path) -> Path | None:
     """The first existing candidate of `value`, or None."""
     return next((p for p in candidate_paths(value, root) if p.exists()), None)
+
+
+def require_path(value: str, root: Path, what: str, how: str) -> Path:
+    """`find_path`, or a missing-file `DataError` naming every place searched and how to get the file."""
+    path = find_path(value, root)
+    if path is None:
+        raise missing_file_error(what, [value], candidate_paths(value, root), how)
+    return path
 
 
 def file_identity(path: Path) -> dict[str, Any]:

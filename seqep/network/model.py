@@ -158,13 +158,17 @@ class HopfieldEPNet(nn.Module):
             g_dense[-1] = g_dense[-1] + _column(beta) * (target - dense[-1])
         return [g_proj, *g_dense]
 
+    def attention_scores(self, g_proj: Tensor, keys: Tensor, mask: Tensor | None) -> Tensor:
+        """`β_att g_P X_Pᵀ` per block, `(B, n_proj, L, L)` with keys last; padding keys masked out."""
+        scores = self.attn_scale * (g_proj @ keys.transpose(-1, -2))
+        if mask is not None:
+            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+        return scores
+
     def update(self, fields: States, keys: Tensor, mask: Tensor | None) -> States:
         """Apply the update rule to fields: one Hopfield retrieval per block, σ for dense layers."""
         g_proj, *g_dense = fields
-        scores = self.attn_scale * (g_proj @ keys.transpose(-1, -2))  # (B, n_proj, L, L), keys last
-        if mask is not None:
-            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        proj = torch.softmax(scores, dim=-1) @ keys
+        proj = torch.softmax(self.attention_scores(g_proj, keys, mask), dim=-1) @ keys
         return [proj, *(self.act(g) for g in g_dense)]
 
     def step(self, x: Tensor, states: States, beta: float | Tensor = 0.0, target: Tensor | None = None,
