@@ -10,21 +10,21 @@ from pathlib import Path
 
 import torch
 
-from seqep.checkpoint import load_weights
+from seqep.training.checkpoint import load_weights
 from seqep.estimators import BPTT, EP, VARIANTS, grads_by_name
-from seqep.network import build_model, one_hot
+from seqep.network import HopfieldEPNet, one_hot
 from seqep.relax import relax
 
 torch.manual_seed(0)
 
 # 1. A model from config values (here a small NLI model; the paper's is L=25, d=300, fc=[400, 3]).
 L, d, B = 6, 16, 4
-net = build_model(kind="nli", seq_len=L, embed_dim=d, fc=[32, 3], activation="my_hard_sig")  # attn_scale=0.16
+net = HopfieldEPNet(kind="nli", seq_len=L, embed_dim=d, fc=[32, 3], activation="my_hard_sig")  # attn_scale=0.16
 print(net)
 
 # 2. Load weights saved by the original code: its checkpoint.tar is a dict with `model_state_dict`
 #    (keys synapses.<i>.weight|bias). Here we write one to a temp dir to have something to load.
-old = build_model(kind="nli", seq_len=L, embed_dim=d, fc=[32, 3])
+old = HopfieldEPNet(kind="nli", seq_len=L, embed_dim=d, fc=[32, 3])
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "checkpoint.tar"
     torch.save({"model_state_dict": old.state_dict(), "epoch": 7, "best": 81.2}, path)

@@ -1,108 +1,67 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore, and `validate(cfg)`.
+"""Config = a description of objects. Schemas, the checks that run before anything else, and `validate(cfg)`.
 
-The schemas make a misspelt key (`algorithm.TT=3`) or a wrong type (`algorithm.T=abc`) fail while Hydra composes
-the config, naming the key. `validate` then checks what types cannot say: allowed values, one learning rate per
-synapse, model kind against dataset kind. Each problem is one `SeqepError` line naming the key.
+Every option of the object groups (dataset, model, algorithm, optimizer, scheduler, each logger) names the class
+it builds with `_target_` and holds that class's arguments; `seqep.training.builders` builds it with
+`hydra.utils.instantiate`. The schema of an option is *read from its class's signature* (`schema_for`), so each
+default is written once, in the class (or in the option's YAML where seqep chooses otherwise than the class):
 
-Layout in ConfigStore (the YAML files under conf/ start with `defaults: [<group>_schema, _self_]`):
-    base_config                  the top level (SeqepConfig), first entry of conf/config.yaml's defaults
-    model/model_schema           ModelConfig
-    algorithm/algorithm_schema   AlgorithmConfig (shared by ep and bptt)
-    optimizer/optimizer_schema   OptimizerConfig
-    scheduler/scheduler_schema   SchedulerConfig
-    logger/logger_schema         LoggerConfig
-    paths/paths_schema           PathsConfig
-    dataset/<name>_schema        written by seqep.data.schema.register_dataset_configs
+* the shipped options are registered in Hydra's ConfigStore as `<group>/<option>_schema` (their YAML lists it
+  first in `defaults`), so a misspelt key or a wrong type fails while Hydra composes, naming the key;
+* `check_objects(cfg)` applies the same kind of schema to every object node after composition — options of
+  one's own from `hydra.searchpath` included — and rejects keys the class does not take (`+algorithm.TT=3`);
+* `validate(cfg)` then builds every object once without data (the model on the meta device) so constructor
+  errors surface before a run starts, and checks what spans groups: the model against the dataset's kind and
+  classes, one learning rate per synapse. Every problem is one `SeqepError` line naming the key.
+
+The plain sections (`trainer`, `checkpoint`, `paths`, `gdu`, `bench`) are dataclasses below; their defaults live
+there only.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import inspect
 import re
+import types
+import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from seqep.errors import SeqepError
 
-TASKS = ("train", "test", "gdu", "bench")
-DTYPES = ("float32", "float64")
-MODEL_KINDS = ("sentiment", "nli")
-N_PROJ = {"sentiment": 1, "nli": 4}  # Hopfield projection synapses per model kind (SPEC §1)
-ACTIVATIONS = ("my_hard_sig", "hard_sigmoid", "my_sigmoid", "sigmoid", "tanh")  # SPEC §3
-ALGORITHMS = ("ep", "bptt")
-EP_VARIANTS = ("symmetric", "positive", "negative", "random_sign")
-BPTT_TRUNCATE = ("last_k", "full")
-FIELD_MODES = ("closed", "autograd")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("cosine", "none")
-LOGGERS = ("wandb", "tensorboard", "none")
-WANDB_MODES = ("offline", "online", "disabled")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+OBJECT_GROUPS = ("dataset", "model", "algorithm", "optimizer", "scheduler")  # plus every node under `logger`
+# Arguments seqep passes itself when it builds a group's object (never config keys).
+SUPPLIED = {
+    "model": ("seq_len", "embed_dim"),  # from the loaded data
+    "algorithm": ("generator",),  # a seeded torch.Generator, saved in checkpoints (when the class takes one)
+    "optimizer": ("params",),  # one parameter group per synapse
+    "scheduler": ("optimizer", "last_epoch", "verbose"),
+}
+# seqep's own keys of a group, beside the class's arguments: (name, type, default).
+EXTRA_KEYS = {
+    "optimizer": [("_partial_", bool, True),
+                  ("lrs", Optional[list[float]], None)],  # one lr per synapse, projections first; null = `lr`
+    "scheduler": [("_partial_", bool, True),
+                  ("interval", str, "epoch")],  # step the schedule once per `epoch` or once per `step` (batch)
+}
 
 
-@dataclass
-class ModelConfig:
-    kind: str = "sentiment"  # sentiment | nli
-    fc: list[int] = field(default_factory=lambda: [128, 2])  # hidden sizes then classes (old --fc_layers)
-    activation: str = "my_hard_sig"
-    attn_scale: Optional[float] = None  # Hopfield β_att; null = paper preset (1/sqrt(d) sentiment, 0.16 nli)
-    mask_padding: bool = False  # mask zero-vector padding keys in the Hopfield softmax (paper: off)
-    out_bias_init: Optional[float] = None  # constant init of the output bias; null = PyTorch default
-
-
-@dataclass
-class AlgorithmConfig:
-    name: str = "ep"  # ep | bptt
-    T: int = 20  # free-phase steps
-    K: int = 8  # nudged-phase steps (EP) or backpropagated steps (truncated BPTT)
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.1])  # [β1 free phase, β2 nudge]
-    variant: str = "symmetric"  # ep: symmetric | positive | negative | random_sign
-    truncate: str = "last_k"  # bptt: last_k (paper) | full
-    field_mode: str = "closed"  # closed-form local fields | autograd of Φ (the old code's way)
-    tol: Optional[float] = None  # stop a phase early when the largest state change is below tol; null = fixed
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = "adam"  # adam | sgd
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-3, 1e-3])  # one per synapse, projections first
-    eps: float = 1e-8  # adam
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # sgd
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = "cosine"  # cosine | none; stepped once per epoch
-    T_max: int = 100  # the paper keeps 100 even for 50-epoch runs
-    eta_min: float = 1e-5
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "seqep"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # null = the sweep's name in a multirun (set by seqep.tasks), else no group
-    tags: list[str] = field(default_factory=list)
-    notes: Optional[str] = None
-
-
-@dataclass
-class LoggerConfig:
-    name: str = "wandb"  # wandb | tensorboard | none (metrics.csv and metrics.jsonl are always written)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
+# ------------------------------------------------------------------------------------------ the plain sections
 @dataclass
 class TrainerConfig:
     epochs: int = 15
-    limit_train_batches: Optional[int] = None  # null = every batch
+    limit_train_batches: Optional[int] = None  # null = every batch; an int = that many per epoch (smoke tests)
     limit_eval_batches: Optional[int] = None
-    log_every: int = 50  # batches between progress-bar metric updates and batch-level logs
+    log_every: int = 50  # batches between batch-level rows in metrics.jsonl (0 = none)
     probe_every: int = 1  # epochs between EP-vs-BPTT gradient probes; 0 = never
     probe_size: int = 64  # examples in the fixed probe batch (the first of the validation split)
     diagnostics_every: int = 10  # batches between EP diagnostics (relax/, out/, attn/, grad/ metrics); 0 = off
@@ -125,10 +84,10 @@ class PathsConfig:
 
 @dataclass
 class GduConfig:
-    """task=gdu (seqep.gdu): EP updates against BPTT gradients, step by step."""
+    """task=gdu (seqep.tasks.gdu): EP updates against BPTT gradients, step by step."""
 
     n_examples: int = 20  # validation examples compared (the old code used 20)
-    beta: Optional[float] = None  # the nudge of the check; null = algorithm.betas[1]
+    beta: Optional[float] = None  # the nudge of the check; null = the algorithm's betas[1]
     betas: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1])  # the β sweep
     n_elements: int = 3  # random elements per parameter in the cumulative plots
     dtype: str = "float64"  # float64 makes the β -> 0 comparison meaningful
@@ -136,7 +95,7 @@ class GduConfig:
 
 @dataclass
 class BenchConfig:
-    """task=bench (seqep.bench): throughput and memory of the relaxation and training steps."""
+    """task=bench (seqep.tasks.bench): throughput and memory of the relaxation and training steps."""
 
     shapes: list[str] = field(default_factory=lambda: ["snli", "imdb", "default"])
     repeats: int = 3
@@ -151,17 +110,17 @@ class BenchConfig:
 
 @dataclass
 class SeqepConfig:
-    task: str = "train"  # train | test | gdu | bench
+    task: str = "train"  # train | test | gdu | bench (seqep.tasks.TASKS)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64
-    name: str = "run"  # run name: part of the run directory, the W&B run name
-    dataset: Any = MISSING  # typed by the dataset group's own schema (seqep.data.schema)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: str = "${target_name:${algorithm._target_}}_${dataset.name}"  # run directory and W&B run: ep_rt_snippets
+    dataset: Any = MISSING  # the object groups: typed by each option's own schema
+    model: Any = MISSING
+    algorithm: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None  # null = constant learning rates
+    logger: Any = field(default_factory=dict)  # name -> logger node; empty = metrics files only
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -169,135 +128,227 @@ class SeqepConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
+# ------------------------------------------------------------------------------------------ schemas
+def _config_type(annotation: Any, default: Any) -> Any:
+    """An OmegaConf-compatible type for a signature annotation: `float | Tensor` -> float, `Sequence[float]` ->
+    list[float], `int | None` -> Optional[int]; Any where OmegaConf cannot type it."""
+    simple = (bool, int, float, str)
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        if isinstance(default, simple):
+            return type(default)
+        return Any
+    optional = default is None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = optional or len(args) < len(typing.get_args(annotation))
+        chosen = next((t for t in (float, int, bool, str) if t in args), None)
+        if chosen is None and len(args) == 1:
+            chosen = _config_type(args[0], default)
+        result = chosen if chosen is not None else Any
+    elif origin in (list, tuple, collections.abc.Sequence, typing.Sequence):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        element = _config_type(args[0], None) if args else Any
+        result = list[element] if element is not Any else list[Any]
+    elif annotation in simple:
+        result = annotation
+    else:
+        result = Any
+    return Optional[result] if optional and result is not Any else result
+
+
+def _representable(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_representable(v) for v in value)
+
+
+def _locate(path: str, key: str) -> Any:
+    from hydra.utils import get_object
+
+    try:
+        return get_object(path)
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise SeqepError(f"{key}._target_={path!r} cannot be imported ({type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else ''}); check the name, and put the folder "
+                         f"of your module on PYTHONPATH (e.g. PYTHONPATH=. python run.py ...)") from None
+
+
+@lru_cache(maxsize=None)
+def schema_for(target: str, group: str) -> type | None:
+    """The dataclass schema of a group option building `target`: `_target_`, seqep's extra keys of the group, then
+    every argument of the target's signature with its default (arguments seqep supplies left out). None when the
+    target takes `**kwargs` (any key is then accepted)."""
+    obj = _locate(target, group)
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    try:
+        hints = typing.get_type_hints(obj if dataclasses.is_dataclass(obj) or not inspect.isclass(obj)
+                                      else obj.__init__)
+    except Exception:
+        hints = {}
+    fields: list[tuple] = [("_target_", str, field(default=target))]
+    for name, kind, default in EXTRA_KEYS.get(group, []):
+        fields.append((name, kind, field(default=default)))
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if param.kind is inspect.Parameter.VAR_POSITIONAL or name in SUPPLIED.get(group, ()):
+            continue
+        default = param.default
+        if default is not inspect.Parameter.empty and not _representable(default):
+            continue  # e.g. a tensor or function default: left to the class
+        kind = _config_type(hints.get(name, param.annotation), None if default is inspect.Parameter.empty else default)
+        if default is inspect.Parameter.empty:
+            spec = field(default=MISSING)
+        elif isinstance(default, (list, tuple)):
+            spec = field(default_factory=lambda d=default: list(d))
+        else:
+            spec = field(default=default)
+        fields.append((name, kind, spec))
+    name = getattr(obj, "__name__", "target")
+    return dataclasses.make_dataclass(f"{name}Schema", fields)
+
+
+def _option_targets(conf_dir: Path = CONF_DIR) -> dict[tuple[str, str], str]:
+    """(group, option) -> `_target_` of every shipped object option (conf/<group>/<option>.yaml)."""
+    found = {}
+    for group in (*OBJECT_GROUPS, "logger"):
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            data = yaml.safe_load(path.read_text()) or {}
+            if isinstance(data, dict):
+                data.pop("defaults", None)
+            if group == "logger" and isinstance(data, dict) and len(data) == 1:  # wandb.yaml: {wandb: {_target_}}
+                data = next(iter(data.values()))
+            if isinstance(data, dict) and isinstance(data.get("_target_"), str):
+                found[(group, path.stem)] = data["_target_"]
+    return found
+
+
 def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent; called on import of this module)."""
+    """Store the top-level schema and `<group>/<option>_schema` for every shipped option (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=SeqepConfig)
-    for group, schema in [("model", ModelConfig), ("algorithm", AlgorithmConfig),
-                          ("optimizer", OptimizerConfig), ("scheduler", SchedulerConfig),
-                          ("logger", LoggerConfig), ("paths", PathsConfig)]:
-        cs.store(group=group, name=f"{group}_schema", node=schema)
-    try:
-        from seqep.data.schema import register_dataset_configs
-    except ImportError:  # the data package is not there yet: datasets compose untyped
-        return
-    register_dataset_configs(cs)
+    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    for (group, option), target in _option_targets().items():
+        schema = schema_for(target, group)
+        if schema is not None:
+            cs.store(group=group, name=f"{option}_schema", node=schema)
 
 
+def target_name(target: str) -> str:
+    """`seqep.estimators.EP` -> `ep`: the short name of a class (run directory names)."""
+    return str(target).rsplit(".", 1)[-1].lower()
+
+
+OmegaConf.register_new_resolver("target_name", target_name, replace=True)
 register_configs()
 
 
-# --------------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------------------------ checks
+def object_nodes(cfg: DictConfig) -> list[tuple[str, str, DictConfig]]:
+    """(config key, group, node) of every object node: the groups, then each logger."""
+    nodes = []
+    for group in OBJECT_GROUPS:
+        node = OmegaConf.select(cfg, group, default=None)
+        if node is not None:
+            nodes.append((group, group, node))
+    loggers = OmegaConf.select(cfg, "logger", default=None) or {}
+    for name in loggers:
+        if loggers[name] is not None:
+            nodes.append((f"logger.{name}", "logger", loggers[name]))
+    return nodes
 
-def n_synapses(kind: str, fc: list[int]) -> int:
-    """Projections first (1 sentiment, 4 nli), then one dense synapse per entry of fc."""
-    return N_PROJ[kind] + len(fc)
 
-
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise SeqepError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
-
-
-def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
-    if value is None or value < 0 or (value == 0 and not allow_zero):
-        raise SeqepError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+def check_objects(cfg: DictConfig) -> None:
+    """Give every object node its class's schema, in place: unknown keys (typos, `+key` additions) and wrong
+    types fail naming the key; keys the YAML left out take the class's defaults. Raises SeqepError."""
+    for key, group, node in object_nodes(cfg):
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise SeqepError(f"{key} has no _target_: every {group} option names the class it builds "
+                             f"(e.g. _target_: my_module.MyClass)")
+        schema = schema_for(str(node._target_), group)
+        if schema is None:
+            continue
+        allowed = [f.name for f in dataclasses.fields(schema)]
+        unknown = [k for k in node if k not in allowed]
+        if unknown:
+            keys = ", ".join(k for k in allowed if not k.startswith("_"))
+            raise SeqepError(f"{key}.{unknown[0]} is not a key of {node._target_}; its keys are: {keys}")
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+        except OmegaConfBaseException as err:
+            raise SeqepError(f"{key}.{err.full_key or ''}: {str(err).splitlines()[0]}") from None
+        missing = [k for k in allowed if OmegaConf.is_missing(typed, k)]
+        if missing:
+            raise SeqepError(f"{key}.{missing[0]} is required by {node._target_}: set it in the option's YAML "
+                             f"or with {key}.{missing[0]}=...")
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, typed, merge=False)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check what the schemas cannot: allowed values and consistency between groups. Raises SeqepError."""
-    _one_of("task", cfg.task, TASKS)
-    if not DEVICE_PATTERN.match(str(cfg.device)):
-        raise SeqepError(f"device={cfg.device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N, mps")
-    _one_of("dtype", cfg.dtype, DTYPES)
+    """`check_objects`, then every object built once without data and the checks that span groups. SeqepError."""
+    from seqep.tasks import TASKS
+    from seqep.training.builders import dry_run
+    from seqep.utils import check_device, resolve_dtype
 
-    m = cfg.model
-    _one_of("model.kind", m.kind, MODEL_KINDS)
-    _one_of("model.activation", m.activation, ACTIVATIONS)
-    if len(m.fc) < 1 or any(h < 1 for h in m.fc):
-        raise SeqepError(f"model.fc={list(m.fc)} must list at least the number of classes, all sizes >= 1 "
-                         f"(like the old --fc_layers, e.g. [128, 2])")
-    if m.attn_scale is not None:
-        _positive("model.attn_scale", m.attn_scale)
-    data_kind = OmegaConf.select(cfg, "dataset.kind", default=None)
-    if data_kind is not None and data_kind != m.kind:
-        raise SeqepError(
-            f"model.kind={m.kind!r} does not fit dataset {OmegaConf.select(cfg, 'dataset.name')!r} of kind "
-            f"{data_kind!r}: use model={data_kind} (or experiment=paper_snli / paper_imdb)")
-    n_classes = OmegaConf.select(cfg, "dataset.n_classes", default=None)
-    if n_classes is not None and m.fc[-1] != n_classes:
-        raise SeqepError(f"model.fc={list(m.fc)} ends in {m.fc[-1]} output neurons but dataset "
-                         f"{OmegaConf.select(cfg, 'dataset.name')!r} has {n_classes} classes")
-
-    a = cfg.algorithm
-    _one_of("algorithm.name", a.name, ALGORITHMS)
-    _one_of("algorithm.variant", a.variant, EP_VARIANTS)
-    _one_of("algorithm.truncate", a.truncate, BPTT_TRUNCATE)
-    _one_of("algorithm.field_mode", a.field_mode, FIELD_MODES)
-    _positive("algorithm.T", a.T)
-    _positive("algorithm.K", a.K)
-    if a.name == "bptt" and a.truncate == "last_k" and a.K > a.T:
-        raise SeqepError(f"algorithm.K={a.K} > algorithm.T={a.T}: truncated BPTT backpropagates through the "
-                         f"last K of the T free steps, so K must be <= T")
-    if len(a.betas) != 2:
-        raise SeqepError(f"algorithm.betas={list(a.betas)} must be two values [beta1, beta2] "
-                         f"(free phase, nudge), e.g. [0.0, 0.1]")
-    if a.name == "ep" and a.betas[1] == 0:
-        raise SeqepError("algorithm.betas[1] is 0: EP needs a non-zero nudge beta2, e.g. [0.0, 0.1]")
-    if a.tol is not None:
-        _positive("algorithm.tol", a.tol)
-
-    o = cfg.optimizer
-    _one_of("optimizer.name", o.name, OPTIMIZERS)
-    n = n_synapses(m.kind, list(m.fc))
-    if len(o.lrs) != n:
-        order = ["proj"] if m.kind == "sentiment" else ["proj1", "proj2", "proj3", "proj4"]
-        order += [f"fc{i + 1}" for i in range(len(m.fc))]
-        raise SeqepError(
-            f"optimizer.lrs has {len(o.lrs)} value{'s' if len(o.lrs) != 1 else ''} but model '{m.kind}' "
-            f"with fc={list(m.fc)} has {n} synapses: give one learning rate per synapse, projections first: "
-            f"[{', '.join(order)}]")
-    for i, lr in enumerate(o.lrs):
-        _positive(f"optimizer.lrs[{i}]", lr, allow_zero=True)
-
-    s = cfg.scheduler
-    _one_of("scheduler.name", s.name, SCHEDULERS)
-    _positive("scheduler.T_max", s.T_max)
-
-    _one_of("logger.name", cfg.logger.name, LOGGERS)
-    _one_of("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
-
+    if cfg.task not in TASKS:
+        raise SeqepError(f"task={cfg.task!r} is not allowed; choose one of: {', '.join(TASKS)}")
+    check_device(str(cfg.device))
+    resolve_dtype(str(cfg.dtype))
+    check_objects(cfg)
+    dry_run(cfg)
     t = cfg.trainer
-    _positive("trainer.epochs", t.epochs, allow_zero=cfg.task != "train")
-    for key in ("limit_train_batches", "limit_eval_batches"):
-        if t[key] is not None:
-            _positive(f"trainer.{key}", t[key])
-    _positive("trainer.probe_every", t.probe_every, allow_zero=True)
-    _positive("trainer.probe_size", t.probe_size)
-    _positive("trainer.diagnostics_every", t.diagnostics_every, allow_zero=True)
-
+    for key in ("epochs", "probe_size", "limit_train_batches", "limit_eval_batches"):
+        value = t[key]
+        if value is not None and (value < 0 or (value == 0 and not (key == "epochs" and cfg.task != "train"))):
+            raise SeqepError(f"trainer.{key}={value} must be > 0")
+    for key in ("probe_every", "diagnostics_every", "log_every"):
+        if t[key] < 0:
+            raise SeqepError(f"trainer.{key}={t[key]} must be >= 0 (0 = off)")
     if cfg.task == "test" and cfg.checkpoint.load is None and cfg.checkpoint.resume is None:
         raise SeqepError("task=test needs a checkpoint: checkpoint.load=<run dir>/checkpoints/best.pt "
                          "(or an old-code checkpoint.tar)")
 
 
-def check_group_options(overrides: list[str], conf_dir: str | Path) -> None:
-    """Fail fast, in one line, on `group=option` when conf/<group>/<option>.yaml does not exist.
+def _search_dirs(overrides: list[str], conf_dir: Path) -> list[Path] | None:
+    """conf/ and the `file://` folders of a `hydra.searchpath=[...]` override; None when one is not a folder."""
+    dirs = [conf_dir]
+    for text in overrides:
+        if text.lstrip("+").startswith("hydra.searchpath="):
+            for entry in re.split(r"[\[\],\s]+", text.split("=", 1)[1]):
+                entry = entry.strip("'\"")
+                if not entry:
+                    continue
+                if not entry.startswith("file://"):
+                    return None
+                dirs.append(Path(entry[len("file://"):]))
+    return dirs
+
+
+def check_group_options(overrides: list[str], conf_dir: str | Path = CONF_DIR) -> None:
+    """Fail fast, in one line, on `group=option` when no <search dir>/<group>/<option>.yaml exists.
 
     Hydra's own message for this is correct but lists every file of the group and the search path over ~20
     lines; this names the valid options only. Anything this does not understand is left for Hydra to judge.
     """
-    conf_dir = Path(conf_dir)
+    dirs = _search_dirs(overrides, Path(conf_dir))
+    if dirs is None:
+        return
     for text in overrides:
         if text.startswith("-") or "=" not in text:
             continue
         key, value = text.split("=", 1)
         key = key.lstrip("+")
-        group_dir = conf_dir / key
-        if not key.isidentifier() or not group_dir.is_dir() or any(c in value for c in "()[]{}$*'\"\\"):
+        group_dirs = [d / key for d in dirs if (d / key).is_dir()]
+        if not key.isidentifier() or not group_dirs or any(c in value for c in "()[]{}$*'\"\\"):
             continue  # a key, hydra/..., a sweep function (glob, range), an interpolation or a quoted value
-        options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        options = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
         for choice in value.split(","):
             if choice and choice != "null" and choice not in options and not choice.endswith("_schema"):
                 raise SeqepError(f"{key}={choice} is not an option of group '{key}'; choose one of: "
-                                 f"{', '.join(options)} (files in {group_dir})")
+                                 f"{', '.join(options)} (files in {', '.join(str(d) for d in group_dirs)})")

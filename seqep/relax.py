@@ -14,8 +14,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from seqep.network import HopfieldEPNet, States
-from seqep.network.model import ClosedFormPhase
+from seqep.network import HopfieldEPNet, Network, States
+from seqep.phase import ClosedFormPhase
 
 FIELD_MODES = ("closed", "autograd")
 
@@ -38,7 +38,7 @@ def state_change(new: States, old: States) -> tuple[Tensor, Tensor]:
 
 
 def relax(
-    net: HopfieldEPNet,
+    net: Network,
     x: Tensor,
     states: States,
     steps: int,
@@ -60,8 +60,10 @@ def relax(
     elif torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can go back through them
         drive = net.input_drive(x) if drive is None else drive
         step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
-    else:  # EP phases: no graph, two reused state buffers
+    elif isinstance(net, HopfieldEPNet):  # EP phases: no graph, two reused state buffers (seqep/phase.py)
         step = ClosedFormPhase(net, x, beta, target, drive, keys)
+    else:  # any other Network: its functional step
+        step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
     reused = isinstance(step, ClosedFormPhase)
     trajectory, largest, mean = [], None, None
     for t in range(steps):

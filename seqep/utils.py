@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -18,8 +19,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def check_device(spec: str) -> None:
+    """The spelling of `device` (whether it exists is `resolve_device`'s job, on the machine that runs)."""
+    if not DEVICE_PATTERN.match(spec):
+        raise SeqepError(f"device={spec!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N, mps")
+
+
 def resolve_device(spec: str) -> torch.device:
     """`auto` -> cuda if available, else cpu; `cuda`/`cuda:N`/`mps` must exist."""
+    check_device(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):
@@ -35,9 +47,11 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str, key: str = "dtype") -> torch.dtype:
     """`float32` | `float64` -> the torch dtype."""
-    return {"float32": torch.float32, "float64": torch.float64}[name]
+    if name not in DTYPES:
+        raise SeqepError(f"{key}={name!r} is not allowed; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def configure_threads(parallel_jobs: int = 1) -> int:

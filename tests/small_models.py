@@ -2,14 +2,14 @@
 
 import torch
 
-from seqep.network import build_model
+from seqep.network import HopfieldEPNet
 
 SMALL = {"sentiment": dict(seq_len=4, embed_dim=6, fc=[10, 3]), "nli": dict(seq_len=3, embed_dim=5, fc=[8, 7, 3])}
 
 
 def small_net(kind, dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
-    return build_model(kind, **{**SMALL[kind], **kw}).to(dtype)
+    return HopfieldEPNet(kind, **{**SMALL[kind], **kw}).to(dtype)
 
 
 def small_input(net, B=5, seed=1, dtype=torch.float64):

@@ -10,11 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqep.bench import SHAPES, PeakMemory, run_bench, step_flops, train_flops
+from seqep.tasks.bench import SHAPES, PeakMemory, run_bench, step_flops, train_flops
 from seqep.errors import SeqepError
 from seqep.estimators import EP
 from seqep.network import one_hot
-from seqep.network.model import ClosedFormPhase
+from seqep.phase import ClosedFormPhase
 from seqep.relax import relax
 
 from small_models import small_input, small_net

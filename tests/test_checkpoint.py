@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from seqep import checkpoint as ckpt
+from seqep.training import checkpoint as ckpt
 from seqep.errors import SeqepError
-from seqep.network import build_model
+from seqep.network import HopfieldEPNet
 
 
 def tiny(fc=(16, 2)):
-    return build_model(kind="sentiment", seq_len=6, embed_dim=8, fc=list(fc))
+    return HopfieldEPNet(kind="sentiment", seq_len=6, embed_dim=8, fc=list(fc))
 
 
 def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):

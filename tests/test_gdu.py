@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from seqep.gdu import (
+from seqep.tasks.gdu import (
     bptt_steps,
     bptt_steps_reference,
     compare,
@@ -23,7 +23,7 @@ from seqep.gdu import (
     sign_agreement,
     state_names,
 )
-from seqep.gdu.report import sweep_frame, sweep_slopes
+from seqep.tasks.gdu.report import sweep_frame, sweep_slopes
 from seqep.relax import relax
 
 from small_models import small_input, small_net

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from seqep.network import ACTIVATIONS, build_model, one_hot
+from seqep.network import ACTIVATIONS, HopfieldEPNet, one_hot
 from seqep.relax import relax
 
 from small_models import SMALL, small_input, small_net
@@ -17,7 +17,7 @@ from small_models import SMALL, small_input, small_net
 )
 def test_paper_models_parameter_counts(kind, L, d, fc, n_params):
     with torch.device("meta"):
-        net = build_model(kind, L, d, fc)
+        net = HopfieldEPNet(kind, L, d, fc)
     assert sum(p.numel() for p in net.parameters()) == n_params
     names = [n for n, _ in net.named_parameters()]
     n_proj = 1 if kind == "sentiment" else 4
@@ -27,9 +27,9 @@ def test_paper_models_parameter_counts(kind, L, d, fc, n_params):
 
 
 def test_paper_attention_scales():
-    assert build_model("sentiment", 4, 16, [3, 2]).attn_scale == pytest.approx(1 / math.sqrt(16))
-    assert build_model("nli", 4, 16, [3, 3]).attn_scale == pytest.approx(0.16)
-    assert build_model("nli", 4, 16, [3, 3], attn_scale=0.5).attn_scale == 0.5
+    assert HopfieldEPNet("sentiment", 4, 16, [3, 2]).attn_scale == pytest.approx(1 / math.sqrt(16))
+    assert HopfieldEPNet("nli", 4, 16, [3, 3]).attn_scale == pytest.approx(0.16)
+    assert HopfieldEPNet("nli", 4, 16, [3, 3], attn_scale=0.5).attn_scale == 0.5
 
 
 @pytest.mark.parametrize("kind", ["sentiment", "nli"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import seqep.diagnostics
-from seqep import train
+from seqep.training import trainer as train
 from seqep.plots import DASHBOARD, Panel, plot_run_summary
 
 ROOT = Path(__file__).resolve().parents[1]

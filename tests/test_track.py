@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from seqep.errors import SeqepError
 from seqep.tasks import dispatch
-from seqep.track import Tracker, logger_backend, resolved_config
+from seqep.training.tracking import Tracker, logger_backend, resolved_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_cfg, read_csv, skip_plots  # noqa: E402, F401  (skip_plots: autouse fixture)

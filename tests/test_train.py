@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import seqep.config  # noqa: F401  (registers the schemas in ConfigStore)
-from seqep import checkpoint as ckpt
-from seqep import train
+from seqep.training import checkpoint as ckpt
+from seqep.training import trainer as train
 from seqep.errors import SeqepError
 from seqep.tasks import dispatch
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from seqep.network import HopfieldEPNet, one_hot
-from seqep.relax import RelaxResult, relax
+from seqep.network import Network, one_hot
+from seqep.relax import FIELD_MODES, RelaxResult, relax
 
 
 @dataclass
@@ -25,40 +25,56 @@ def mse_loss(output: Tensor, target: Tensor) -> Tensor:
     return 0.5 * ((output - target) ** 2).sum(1).mean()
 
 
-def set_grads(net: HopfieldEPNet, grads) -> None:
+def set_grads(net: Network, grads) -> None:
     for p, g in zip(net.parameters(), grads):
         p.grad = torch.zeros_like(p) if g is None else g.detach()
 
 
-def grads_by_name(net: HopfieldEPNet) -> dict[str, Tensor]:
+def grads_by_name(net: Network) -> dict[str, Tensor]:
     """`{'synapses.0.weight': grad, ...}`: the old code's parameter names."""
     return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
 class Estimator(ABC):
-    """Common base: T free steps (β₁) from zero states predict; subclasses add how gradients come out."""
+    """Common base: T free steps from zero states predict; subclasses add how gradients come out.
 
-    name = "base"
+    The interface the trainer, diagnostics and tasks use: `T`, `K`, `field_mode`, `predict(net, x)`,
+    `compute_gradients(net, x, y) -> StepOutput` and `describe()`. A learning rule of one's own subclasses this
+    (or `EP`) and is picked with `algorithm=<its yaml>` (README, "Extending seqep"); the defaults below are the
+    only place they are written (the config schema is read from this signature).
+    """
 
-    def __init__(self, T: int, K: int, field_mode: str = "closed", tol: float | None = None) -> None:
-        if T < 1 or K < 1:
-            raise ValueError(f"T and K must be positive, got T={T}, K={K}")
+    def __init__(self, T: int = 20, K: int = 8, field_mode: str = "closed", tol: float | None = None) -> None:
+        for key, value in (("T", T), ("K", K)):
+            if value < 1:
+                raise ValueError(f"{key}={value} must be > 0")
+        if field_mode not in FIELD_MODES:
+            raise ValueError(f"field_mode={field_mode!r} is not allowed; choose one of: {', '.join(FIELD_MODES)}")
+        if tol is not None and tol <= 0:
+            raise ValueError(f"tol={tol} must be > 0 (or null for fixed step counts)")
         self.T, self.K, self.field_mode, self.tol = T, K, field_mode, tol
 
-    def free_phase(self, net: HopfieldEPNet, x: Tensor, steps: int | None = None, beta: float = 0.0,
+    def describe(self) -> str:
+        """One line for the run header and summary.json, from the object itself (its class name first)."""
+        return f"{type(self).__name__} T={self.T} K={self.K}"
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()}>"
+
+    def free_phase(self, net: Network, x: Tensor, steps: int | None = None, beta: float = 0.0,
                    **kw) -> RelaxResult:
         states = net.init_states(x.shape[0], device=x.device, dtype=x.dtype)
         return relax(net, x, states, self.T if steps is None else steps, beta,
                      field_mode=self.field_mode, tol=self.tol, **kw)
 
     @torch.no_grad()
-    def predict(self, net: HopfieldEPNet, x: Tensor) -> Tensor:
+    def predict(self, net: Network, x: Tensor) -> Tensor:
         """Free phase only; returns the output neurons `(B, n_classes)` (argmax = prediction)."""
         return net.output(self.free_phase(net, x).states)
 
-    def target(self, net: HopfieldEPNet, y: Tensor, like: Tensor) -> Tensor:
+    def target(self, net: Network, y: Tensor, like: Tensor) -> Tensor:
         return one_hot(y, net.n_classes, like.dtype)
 
     @abstractmethod
-    def compute_gradients(self, net: HopfieldEPNet, x: Tensor, y: Tensor) -> StepOutput:
+    def compute_gradients(self, net: Network, x: Tensor, y: Tensor) -> StepOutput:
         """Zero, then fill `p.grad` of every parameter with the estimate of ∂loss/∂θ."""

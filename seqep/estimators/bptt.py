@@ -10,29 +10,33 @@ import torch
 from torch import Tensor
 
 from seqep.estimators.base import Estimator, StepOutput, mse_loss, set_grads
-from seqep.network import HopfieldEPNet
+from seqep.network import Network
 from seqep.relax import relax
 
 TRUNCATIONS = ("last_k", "full")
 
 
 class BPTT(Estimator):
-    name = "bptt"
+    """`truncate`: one of `TRUNCATIONS` (last_k = the paper's baseline; full = all T steps)."""
 
-    def __init__(self, T: int, K: int, truncate: str = "last_k", field_mode: str = "closed",
+    def __init__(self, T: int = 20, K: int = 8, truncate: str = "last_k", field_mode: str = "closed",
                  tol: float | None = None) -> None:
         super().__init__(T, K, field_mode, tol)
         if truncate not in TRUNCATIONS:
-            raise ValueError(f"algorithm.truncate must be one of {', '.join(TRUNCATIONS)}, got {truncate!r}")
+            raise ValueError(f"truncate={truncate!r} is not allowed; choose one of: {', '.join(TRUNCATIONS)}")
         if truncate == "last_k" and K > T:
-            raise ValueError(f"BPTT needs K <= T (got T={T}, K={K})")
+            raise ValueError(f"K={K} > T={T}: truncated BPTT backpropagates through the last K of the T free "
+                             f"steps, so K must be <= T")
         self.truncate = truncate
+
+    def describe(self) -> str:
+        return f"{type(self).__name__} {self.truncate} T={self.T} K={self.K}"
 
     @property
     def graph_steps(self) -> int:
         return self.K if self.truncate == "last_k" else self.T
 
-    def compute_gradients(self, net: HopfieldEPNet, x: Tensor, y: Tensor) -> StepOutput:
+    def compute_gradients(self, net: Network, x: Tensor, y: Tensor) -> StepOutput:
         target = self.target(net, y, x)
         with torch.no_grad():
             head = self.free_phase(net, x, steps=self.T - self.graph_steps)

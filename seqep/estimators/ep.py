@@ -18,34 +18,44 @@ The symmetric variant runs its +β and −β phases as one batch of 2B (one set 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from seqep.estimators.base import Estimator, StepOutput, mse_loss, set_grads
-from seqep.network import HopfieldEPNet
+from seqep.network import Network
 from seqep.relax import RelaxResult, relax
 
 VARIANTS = ("symmetric", "positive", "negative", "random_sign")
 
 
 class EP(Estimator):
-    name = "ep"
+    """`betas`: [β₁ of the free phase, β₂ of the nudge]; `variant`: one of `VARIANTS` (table above);
+    `generator`: the random signs of `random_sign` (seqep passes a seeded one, saved in checkpoints)."""
 
-    def __init__(self, T: int, K: int, betas=(0.0, 0.1), variant: str = "symmetric", field_mode: str = "closed",
-                 tol: float | None = None, generator: torch.Generator | None = None) -> None:
+    def __init__(self, T: int = 20, K: int = 8, betas: Sequence[float] = (0.0, 0.1), variant: str = "symmetric",
+                 field_mode: str = "closed", tol: float | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__(T, K, field_mode, tol)
         if variant not in VARIANTS:
-            raise ValueError(f"algorithm.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+            raise ValueError(f"variant={variant!r} is not allowed; choose one of: {', '.join(VARIANTS)}")
+        if len(betas) != 2:
+            raise ValueError(f"betas={list(betas)} must be two values [beta1, beta2] (free phase, nudge), "
+                             f"e.g. [0.0, 0.1]")
         self.beta_free, self.beta = float(betas[0]), float(betas[1])
         if self.beta == 0.0:
-            raise ValueError("algorithm.betas[1] (the nudging β) must be non-zero for EP")
+            raise ValueError("betas[1] is 0: EP needs a non-zero nudge beta2, e.g. [0.0, 0.1]")
         self.variant, self.generator = variant, generator
 
-    def nudged_phase(self, net: HopfieldEPNet, x: Tensor, start, beta: float | Tensor, target: Tensor,
+    def describe(self) -> str:
+        return f"{type(self).__name__} {self.variant} T={self.T} K={self.K} betas={[self.beta_free, self.beta]}"
+
+    def nudged_phase(self, net: Network, x: Tensor, start, beta: float | Tensor, target: Tensor,
                      drive=None, keys=None) -> RelaxResult:
         return relax(net, x, start, self.K, beta, target, field_mode=self.field_mode, drive=drive, keys=keys)
 
-    def compute_gradients(self, net: HopfieldEPNet, x: Tensor, y: Tensor) -> StepOutput:
+    def compute_gradients(self, net: Network, x: Tensor, y: Tensor) -> StepOutput:
         target = self.target(net, y, x)
         closed = self.field_mode == "closed"
         with torch.no_grad():
@@ -86,7 +96,7 @@ class EP(Estimator):
                                  res.mean_change[part]) for part in (plus, minus))
 
     @staticmethod
-    def phi_difference_grads(net: HopfieldEPNet, x: Tensor, a, b, c: float, closed: bool = True):
+    def phi_difference_grads(net: Network, x: Tensor, a, b, c: float, closed: bool = True):
         """`−c (⟨∂Φ/∂θ⟩(a) − ⟨∂Φ/∂θ⟩(b))` for every parameter: in closed form from the state differences
         (`closed=True`), or as one autograd call on Φ over the 2B stack of `a` and `b` (the old code's way)."""
         B = x.shape[0]

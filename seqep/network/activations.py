@@ -37,4 +37,4 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+        raise ValueError(f"activation={name!r} is not allowed; choose one of: {', '.join(ACTIVATIONS)}") from None

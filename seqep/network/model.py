@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqep.network.activations import get_activation
-
-States = list[Tensor]
+from seqep.network.protocol import States
 
 # (query segment, key segment) per projection block, in synapse order (SPEC.md §1 tables).
 BLOCKS = {
@@ -30,7 +29,7 @@ BLOCKS = {
     "nli": [(0, 1), (1, 0), (0, 0), (1, 1)],
 }
 N_SEGMENTS = {"sentiment": 1, "nli": 2}
-PAPER_ATTN_SCALE = {"sentiment": None, "nli": 0.16}  # None -> 1/sqrt(d)
+PAPER_ATTN_SCALE = {"sentiment": None, "nli": 0.16}  # Hopfield β_att when attn_scale=None; None -> 1/sqrt(d)
 
 
 def one_hot(y: Tensor, n_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -59,12 +58,23 @@ class HopfieldEPNet(nn.Module):
         activation: str = "my_hard_sig",
         attn_scale: float | None = None,
         mask_padding: bool = False,
+        out_bias_init: float | None = None,
     ) -> None:
+        """`kind`: sentiment | nli (the block layout, `BLOCKS`); `fc`: hidden sizes then classes (the old
+        `--fc_layers`); `attn_scale`: Hopfield β_att, None = the paper's preset (1/√d sentiment, 0.16 NLI);
+        `mask_padding`: mask zero-vector padding keys in the softmax (the paper does not); `out_bias_init`: a
+        constant for the output bias (SPEC §8 pitfall 2), None = PyTorch's default init.
+        `seq_len` and `embed_dim` come from the data (seqep's builder passes them)."""
         super().__init__()
         if kind not in BLOCKS:
-            raise ValueError(f"unknown model kind {kind!r}; choose 'sentiment' or 'nli'")
-        if len(fc) < 1:
-            raise ValueError("fc needs at least the number of classes, e.g. [128, 2]")
+            raise ValueError(f"kind={kind!r} is not allowed; choose one of: {', '.join(BLOCKS)}")
+        if len(fc) < 1 or any(h < 1 for h in fc):
+            raise ValueError(f"fc={list(fc)} must list at least the number of classes, all sizes >= 1 "
+                             f"(like the old --fc_layers, e.g. [128, 2])")
+        if attn_scale is not None and attn_scale <= 0:
+            raise ValueError(f"attn_scale={attn_scale} must be > 0 (or null for the paper's preset)")
+        if attn_scale is None:
+            attn_scale = PAPER_ATTN_SCALE[kind]
         self.kind, self.seq_len, self.embed_dim = kind, seq_len, embed_dim
         self.fc = list(fc)
         self.activation = activation
@@ -80,6 +90,9 @@ class HopfieldEPNet(nn.Module):
             [nn.Linear(embed_dim, embed_dim, bias=False) for _ in blocks]
             + [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
         )
+        if out_bias_init is not None:  # SPEC §8 pitfall 2: a positive output bias keeps outputs off the floor
+            with torch.no_grad():
+                self.synapses[-1].bias.fill_(float(out_bias_init))
 
     # ----------------------------------------------------------------------------------------- helpers
     @property
@@ -216,70 +229,3 @@ class HopfieldEPNet(nn.Module):
             torch.mm(left.T, torch.cat([p_a + p_b, p_a - p_b]), out=weight)
             torch.sum(dh, 0, out=bias)
         return grads
-
-def build_model(kind: str, seq_len: int, embed_dim: int, fc: Sequence[int], activation: str = "my_hard_sig",
-                attn_scale: float | None = None, mask_padding: bool = False) -> HopfieldEPNet:
-    """Build either paper model; `attn_scale=None` takes the paper preset (1/√d sentiment, 0.16 NLI)."""
-    if attn_scale is None:
-        attn_scale = PAPER_ATTN_SCALE[kind] if kind in PAPER_ATTN_SCALE else None
-    return HopfieldEPNet(kind, seq_len, embed_dim, fc, activation, attn_scale, mask_padding)
-
-
-class ClosedFormPhase:
-    """Closed-form synchronous steps for one phase (fixed x, β, target) without autograd and without per-step
-    allocation of the large tensors (SPEC.md §3); `relax` uses it under `torch.no_grad()`.
-
-    Prepared once per phase: the Hopfield keys and `β_att keysᵀ` as contiguous `(B·n_proj, L, d)` /
-    `(B·n_proj, d, L)` blocks (the batched matmuls copy nothing), and the drive's share of the attention scores,
-    `β_att x_P W_Pᵀ X_Pᵀ`, since `g_P X_Pᵀ = drive_P X_Pᵀ + unvec(W_1ᵀ s_1)_P X_Pᵀ` and the first term is
-    constant. Two state buffers alternate: a step reads one set and writes the other, so the caller's start
-    states are never written and the returned states stay valid until the next-but-one step. The large
-    products (top-down feedback, scores, retrieval, dense fields) are written with `out=` or in place; only the
-    small dense activations allocate. Dense fields are formed transposed, `(h, B)` = `W vec(s)ᵀ`: with the
-    batches EP runs on a CPU this streams the large first weight faster than `vec(s) Wᵀ` (MKL: 1.4× at the
-    IMDB shape with B=8, 1.3× at the SNLI shape with B=32; docs/benchmarks.md).
-    """
-
-    def __init__(self, net: HopfieldEPNet, x: Tensor, beta: float | Tensor = 0.0, target: Tensor | None = None,
-                 drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None) -> None:
-        self.net = net
-        keys, mask = net.keys(x) if keys is None else keys
-        B, P, L, d = keys.shape
-        self.blocks = (B * P, L, d)
-        drive = net.input_drive(x) if drive is None else drive
-        self.keys = keys.reshape(self.blocks)
-        self.scaled_keys_t = (net.attn_scale * self.keys).transpose(1, 2).contiguous()
-        self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
-        self.mask = None if mask is None else mask.reshape(B * P, 1, L)
-        self.nudge = None if target is None or _is_zero(beta) else (_column(beta), target)
-        self.feedback = drive.new_empty(B, P * L * d)
-        self.scores = drive.new_empty(B * P, L, L)
-        self.attention = drive.new_empty(B * P, L, L)
-        self.fields_t = [drive.new_empty(h, B) for h in net.fc]
-        self.buffers: list[States] = [net.init_states(B, device=x.device, dtype=drive.dtype) for _ in range(2)]
-        self.turn = 0
-
-    def __call__(self, states: States) -> States:
-        """One step from `states` (the start states or the last states returned; never written)."""
-        net, (proj, *dense) = self.net, states
-        new, self.turn = self.buffers[self.turn], 1 - self.turn
-        syns = net.dense
-        # projections: g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
-        torch.mm(dense[0], syns[0].weight, out=self.feedback)
-        torch.baddbmm(self.drive_scores, self.feedback.view(self.blocks), self.scaled_keys_t, out=self.scores)
-        if self.mask is not None:
-            self.scores.masked_fill_(self.mask, torch.finfo(self.scores.dtype).min)
-        torch.softmax(self.scores, dim=-1, out=self.attention)
-        torch.bmm(self.attention, self.keys, out=new[0].view(self.blocks))
-        # dense layers: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
-        inputs = [proj.flatten(1), *dense[:-1]]
-        for k, (syn, prev, g) in enumerate(zip(syns, inputs, self.fields_t)):
-            torch.addmm(syn.bias.unsqueeze(1), syn.weight, prev.T, out=g)
-            if k + 1 < len(syns):
-                g.addmm_(syns[k + 1].weight.T, dense[k + 1].T)
-        if self.nudge is not None:
-            beta, target = self.nudge
-            self.fields_t[-1].add_((beta * (target - dense[-1])).T)
-        for state, g in zip(new[1:], self.fields_t):
-            state.copy_(net.act(g.T))
-        return new

@@ -1,7 +1,11 @@
-"""`dispatch(cfg)`: what every job does before and after its task.
+"""The tasks, and `dispatch(cfg)`: what every job does before and after its task.
 
-validate -> run directory -> seed -> device -> W&B group -> resolved config.yaml -> the task -> summary dict.
-The task modules are imported only when their task runs (`task=bench` never imports the trainer).
+validate -> run directory -> seed -> device -> logger group -> resolved config.yaml -> the task -> summary dict.
+The task modules are imported only when their task runs (`task=bench` never imports the trainer):
+
+    train.py   task=train (run_training) and task=test (run_test)
+    gdu/       task=gdu: EP updates against BPTT gradients, step by step
+    bench/     task=bench: throughput, GFLOP/s and memory
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from seqep.utils import configure_threads, resolve_device, seed_everything
 
 # task name -> (module, function); each function is `fn(cfg, run_dir) -> dict` (docs/architecture.md)
 TASKS = {
-    "train": ("seqep.train", "run_training"),
-    "test": ("seqep.train", "run_test"),
-    "gdu": ("seqep.gdu", "run_gdu"),
-    "bench": ("seqep.bench", "run_bench"),
+    "train": ("seqep.tasks.train", "run_training"),
+    "test": ("seqep.tasks.train", "run_test"),
+    "gdu": ("seqep.tasks.gdu", "run_gdu"),
+    "bench": ("seqep.tasks.bench", "run_bench"),
 }
 
 
@@ -72,9 +76,10 @@ def parallel_jobs(hc: DictConfig | None) -> int:
 
 
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """Validate, make the run directory, seed, resolve device and W&B group, write config.yaml.
+    """Validate, make the run directory, seed, resolve device and logger group, write config.yaml.
 
-    Returns the job's config (a copy without the `hydra` node, `device` resolved to what runs) and run dir.
+    Returns the job's config (a copy without the `hydra` node, every object node completed with its class's
+    defaults, `device` resolved to what runs) and run dir.
     """
     cfg = copy.deepcopy(cfg)
     if "hydra" in cfg:  # compose(..., return_hydra_config=True): ${hydra:...} does not resolve outside a run
@@ -86,8 +91,9 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
     configure_threads(parallel_jobs(hc))
     seed_everything(cfg.seed)
     cfg.device = str(resolve_device(cfg.device))
-    if cfg.logger.wandb.group is None:
-        cfg.logger.wandb.group = sweep_group(hc)
+    for logger in (cfg.logger or {}).values():  # loggers that group runs (W&B) group a sweep's jobs
+        if logger is not None and "group" in logger and logger.group is None:
+            logger.group = sweep_group(hc)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation in a user override that points nowhere

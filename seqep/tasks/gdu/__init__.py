@@ -1,6 +1,6 @@
 """EP-vs-BPTT step-by-step comparison (the GDU property, SPEC.md §4): computation, metrics, plots, `task=gdu`."""
 
-from seqep.gdu.check import (
+from seqep.tasks.gdu.check import (
     KINDS,
     VARIANTS,
     BPTTSteps,
@@ -13,8 +13,8 @@ from seqep.gdu.check import (
     nudged_trajectories,
     state_names,
 )
-from seqep.gdu.metrics import compare, cosine, fit_slope, relative_error, relative_rmse, sign_agreement
-from seqep.gdu.report import run_gdu
+from seqep.tasks.gdu.metrics import compare, cosine, fit_slope, relative_error, relative_rmse, sign_agreement
+from seqep.tasks.gdu.report import run_gdu
 
 __all__ = ["KINDS", "VARIANTS", "BPTTSteps", "GDUResult", "bptt_steps", "bptt_steps_reference", "compare",
            "cosine", "ep_steps", "fit_slope", "gdu_check", "gdu_sweep", "nudged_trajectories", "relative_error",

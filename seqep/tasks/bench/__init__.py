@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 
 from seqep.errors import SeqepError
 from seqep.estimators import BPTT, EP, Estimator
-from seqep.network import HopfieldEPNet, build_model
+from seqep.network import HopfieldEPNet
 from seqep.relax import relax
 
 
@@ -212,7 +212,7 @@ class Settings:
 def build(shape: Shape, st: Settings) -> tuple[HopfieldEPNet, torch.Tensor, torch.Tensor]:
     """The model at PyTorch's default init, and a seeded batch of word-vector-like tokens and labels."""
     torch.manual_seed(st.seed)
-    net = build_model(shape.kind, shape.seq_len, shape.embed_dim, list(shape.fc)).to(st.device, st.dtype)
+    net = HopfieldEPNet(shape.kind, shape.seq_len, shape.embed_dim, list(shape.fc)).to(st.device, st.dtype)
     g = torch.Generator().manual_seed(st.seed)
     n_seg = 2 if shape.kind == "nli" else 1
     x = 0.3 * torch.randn(shape.batch, n_seg * shape.seq_len, shape.embed_dim, generator=g)
@@ -355,7 +355,7 @@ def memory_probe(shape_name: str, algorithm: str, T: int, K: int, device: str, d
 
 def probe_in_subprocess(args: list) -> dict[str, float]:
     """`memory_probe(*args)` in a fresh single-threaded Python (memory does not depend on the thread count)."""
-    cmd = [sys.executable, "-m", "seqep.bench", "--memory-probe", json.dumps(args)]
+    cmd = [sys.executable, "-m", "seqep.tasks.bench", "--memory-probe", json.dumps(args)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           check=False)
     if done.returncode != 0:

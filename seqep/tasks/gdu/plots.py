@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from seqep.gdu.check import GDUResult  # noqa: E402
+from seqep.tasks.gdu.check import GDUResult  # noqa: E402
 
 CURVE_STYLE = {"BPTT": "", "EP positive": (4, 2), "EP negative": (1, 2), "EP symmetric": (6, 2)}
 PALETTE = {"BPTT": "black", "EP positive": "tab:blue", "EP negative": "tab:green", "EP symmetric": "tab:red",

@@ -1,38 +1,61 @@
-"""Dataset config schemas (dataclasses) and their ConfigStore registration.
+"""The datasets as objects: each class is a `dataset=<option>` (`_target_: seqep.data.<Class>`), its fields are
+the option's keys with their defaults (the one place they are written), and `load()` returns the `DataBundle`.
 
-Each YAML file `conf/dataset/<name>.yaml` starts with `defaults: [<name>_schema, _self_]`, so Hydra type-checks
-it against the dataclass below: a typo in a key or a wrong type fails when the config is composed.
+A dataset of one's own is any class with the attributes of `Dataset` (`name`, `kind`, `n_classes`, `seq_len`,
+`batch_size`, `eval_batch_size`) and a `load()` returning a `DataBundle` (README, "Extending seqep").
 Relative paths (`root`, `path`, `vectors`, `sdist`, `txt`) are looked up in the current directory, then under
 the data root (`root`, default `$SEQEP_DATA` or `./data`); caches go to `<root>/cache`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import DictConfig, OmegaConf
+
+from seqep.data.bundle import DataBundle
+from seqep.data.errors import DataError
 
 GOOGLE_NEWS = "GoogleNews-vectors-negative300.bin.gz"
+DEFAULT_ROOT = "${oc.env:SEQEP_DATA,data}"
 
 
 @dataclass
-class DatasetConfig:
-    """Keys every dataset has (the rest of the suite relies on these)."""
+class Dataset:
+    """Keys every dataset has. `kind` (sentiment | nli) and `n_classes` are fixed by the data: class attributes,
+    not keys, so the model can be checked against them before anything loads."""
 
-    name: str = MISSING
-    kind: str = MISSING  # "sentiment" | "nli"
-    root: str = "${oc.env:SEQEP_DATA,data}"  # data root; relative to the current directory
-    seq_len: int = MISSING  # L: tokens per sequence (per sentence for NLI)
-    n_classes: int = MISSING  # fixed by the dataset (2 sentiment, 3 NLI); lets config checks match model.fc
+    kind: ClassVar[str]
+    n_classes: ClassVar[int]
+    name: str = ""
+    root: str = DEFAULT_ROOT  # data root (relative: to the current directory); cache in <root>/cache
+    seq_len: int = 0  # L: tokens per sequence (per sentence for NLI)
     batch_size: int = 64
     eval_batch_size: int = 256
     split_seed: int = 0  # seed of the train/val split (text data) or of the generator (synthetic data)
 
+    def __post_init__(self) -> None:
+        if self.root == DEFAULT_ROOT:  # built from Python rather than from the config
+            self.root = os.environ.get("SEQEP_DATA", "data")
+        if self.seq_len < 1:
+            raise DataError(f"seq_len={self.seq_len} must be >= 1")
+        fractions = [getattr(self, k) for k in ("val_fraction", "test_fraction") if hasattr(self, k)]
+        if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+            raise DataError(f"val/test fractions {fractions} must be in [0, 1) and sum to less than 1")
+
+    def settings(self) -> DictConfig:
+        """Every key plus `kind` and `n_classes`, as the loaders (and the cache key) read them."""
+        return OmegaConf.create({**dataclasses.asdict(self), "kind": self.kind, "n_classes": self.n_classes})
+
+    def load(self) -> DataBundle:
+        raise NotImplementedError
+
 
 @dataclass
-class TextDatasetConfig(DatasetConfig):
+class TextDataset(Dataset):
     """Real text: cleaning settings, word vectors and the cache."""
 
     vectors: str = "glove-6b-50d"  # "glove-6b-50d" (installed package) or a path to a vectors file
@@ -42,28 +65,33 @@ class TextDatasetConfig(DatasetConfig):
 
 
 @dataclass
-class RtSnippetsConfig(TextDatasetConfig):
+class RtSnippets(TextDataset):
     """Rotten Tomatoes snippets (Hutto & Gilbert 2014) from the vaderSentiment 3.3.2 sdist; seeded 80/10/10."""
 
     name: str = "rt_snippets"
-    kind: str = "sentiment"
+    kind: ClassVar[str] = "sentiment"
     seq_len: int = 48
-    n_classes: int = 2
+    n_classes: ClassVar[int] = 2
     sdist: Optional[str] = None  # local vaderSentiment-3.3.2.tar.gz instead of `pip download`
     txt: Optional[str] = None  # local movieReviewSnippets_GroundTruth.txt instead of the sdist
     verify_sha256: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.1
 
+    def load(self) -> DataBundle:
+        from seqep.data.rt_snippets import load_rt_snippets
+
+        return load_rt_snippets(self.settings())
+
 
 @dataclass
-class ImdbConfig(TextDatasetConfig):
+class Imdb(TextDataset):
     """IMDB (Maas et al. 2011): aclImdb/ folder, aclImdb_v1.tar.gz or keras imdb.npz. Paper preset L=600, d=300."""
 
     name: str = "imdb"
-    kind: str = "sentiment"
+    kind: ClassVar[str] = "sentiment"
     seq_len: int = 600
-    n_classes: int = 2
+    n_classes: ClassVar[int] = 2
     batch_size: int = 100
     eval_batch_size: int = 250
     vectors: str = GOOGLE_NEWS
@@ -71,15 +99,20 @@ class ImdbConfig(TextDatasetConfig):
     word_index: Optional[str] = None  # imdb_word_index.json for imdb.npz (default: next to it)
     val_fraction: float = 0.1  # carved from the official train split with split_seed
 
+    def load(self) -> DataBundle:
+        from seqep.data.imdb import load_imdb
+
+        return load_imdb(self.settings())
+
 
 @dataclass
-class SnliConfig(TextDatasetConfig):
+class Snli(TextDataset):
     """SNLI 1.0 (Bowman et al. 2015): snli_1.0/ folder or snli_1.0.zip. Paper preset L=25, d=300."""
 
     name: str = "snli"
-    kind: str = "nli"
+    kind: ClassVar[str] = "nli"
     seq_len: int = 25
-    n_classes: int = 3
+    n_classes: ClassVar[int] = 3
     batch_size: int = 200
     eval_batch_size: int = 500
     vectors: str = GOOGLE_NEWS
@@ -87,15 +120,20 @@ class SnliConfig(TextDatasetConfig):
     format: str = "auto"  # auto (jsonl, then txt, then csv) | jsonl | txt | csv
     val_fraction: float = 0.0  # 0: official dev split; > 0: carve validation from train instead
 
+    def load(self) -> DataBundle:
+        from seqep.data.snli import load_snli
+
+        return load_snli(self.settings())
+
 
 @dataclass
-class SynthSentimentConfig(DatasetConfig):
+class SynthSentiment(Dataset):
     """IMDB-shaped synthetic sentiment: a few cue tokens anywhere in a long sequence decide the label."""
 
     name: str = "synth_sentiment"
-    kind: str = "sentiment"
+    kind: ClassVar[str] = "sentiment"
     seq_len: int = 64
-    n_classes: int = 2
+    n_classes: ClassVar[int] = 2
     embed_dim: int = 50
     vocab_size: int = 1000  # filler words (random unit vectors), cue words excluded
     cue_words: int = 10  # cue words per class
@@ -106,15 +144,20 @@ class SynthSentimentConfig(DatasetConfig):
     n_val: int = 500
     n_test: int = 500
 
+    def load(self) -> DataBundle:
+        from seqep.data.synthetic import load_synth_sentiment
+
+        return load_synth_sentiment(self.settings())
+
 
 @dataclass
-class SynthNliConfig(DatasetConfig):
+class SynthNli(Dataset):
     """SNLI-shaped synthetic NLI over real GloVe words: subset / replacement / negation."""
 
     name: str = "synth_nli"
-    kind: str = "nli"
+    kind: ClassVar[str] = "nli"
     seq_len: int = 25
-    n_classes: int = 3
+    n_classes: ClassVar[int] = 3
     vectors: str = "glove-6b-50d"
     vectors_format: str = "auto"
     vocab_words: int = 2000  # content words taken from GloVe frequency ranks 100 onwards
@@ -127,17 +170,7 @@ class SynthNliConfig(DatasetConfig):
     n_val: int = 600
     n_test: int = 600
 
+    def load(self) -> DataBundle:
+        from seqep.data.synthetic import load_synth_nli
 
-SCHEMAS: dict[str, type[DatasetConfig]] = {
-    "rt_snippets": RtSnippetsConfig,
-    "imdb": ImdbConfig,
-    "snli": SnliConfig,
-    "synth_sentiment": SynthSentimentConfig,
-    "synth_nli": SynthNliConfig,
-}
-
-
-def register_dataset_configs(cs: ConfigStore) -> None:
-    """Store every schema as `group="dataset", name="<name>_schema"`."""
-    for name, schema in SCHEMAS.items():
-        cs.store(group="dataset", name=f"{name}_schema", node=schema)
+        return load_synth_nli(self.settings())

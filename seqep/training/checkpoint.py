@@ -262,3 +262,72 @@ def load_weights(model: nn.Module, target: str | os.PathLike) -> dict[str, Any]:
     if kind == "seqep":
         meta["best"] = obj.get("best")
     return meta
+
+
+# ------------------------------------------------------------------------------------------ resume
+# Checkpoints written before the groups named their classes recorded `name: adam|sgd|cosine|none`.
+LEGACY_TARGETS = {
+    "optimizer": {"adam": "torch.optim.Adam", "sgd": "torch.optim.SGD"},
+    "scheduler": {"cosine": "torch.optim.lr_scheduler.CosineAnnealingLR", "none": None},
+}
+
+
+def object_target(config: dict[str, Any], group: str) -> str | None:
+    """The `_target_` a saved config gave a group (None: no object, e.g. `scheduler: null`)."""
+    node = (config or {}).get(group)
+    if not isinstance(node, dict):
+        return None
+    if "_target_" in node:
+        return str(node["_target_"])
+    return LEGACY_TARGETS.get(group, {}).get(str(node.get("name")), node.get("name"))
+
+
+def restore_training(target: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     generators: dict[str, torch.Generator], config: dict[str, Any]) -> dict[str, Any]:
+    """Load a full training checkpoint (a run dir means its last.pt) into the run's objects; returns the state,
+    with `path`. The optimizer and scheduler must be built from the same classes (`_target_`) as the saved run."""
+    path = resolve_checkpoint_path(target, name="last.pt")
+    state = read_checkpoint(path)
+    if state.get("format") != FORMAT or state.get("optimizer") is None:
+        raise SeqepError(f"{path} is not a full seqep training checkpoint (no optimizer state); resume from a "
+                         "run's checkpoints/last.pt, or start from its weights with checkpoint.load")
+    load_weights(model, path)
+    for group in ("optimizer", "scheduler"):
+        then, now = object_target(state.get("config"), group), object_target(config, group)
+        if then != now:
+            raise SeqepError(f"{path} was trained with {group} {then}, this run has {group} {now}: resume with "
+                             f"the same {group} option, or start from its weights with checkpoint.load")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise SeqepError(f"the optimizer state in {path} does not fit this run's optimizer ({_first_line(err)}); "
+                         "start from its weights with checkpoint.load instead") from None
+    restore_rng(state["rng"], generators)
+    return {**state, "path": path}
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory a checkpoint file belongs to."""
+    return path.parent.parent if path.parent.name == CKPT_DIR else path.parent
+
+
+def carry_best(path: Path, best_path: Path) -> None:
+    """Copy the resumed run's best.pt into the new run (unless it is the same file)."""
+    old_best = run_dir_of(path) / CKPT_DIR / "best.pt"
+    if old_best.is_file() and old_best.resolve() != best_path.resolve():
+        copy_checkpoint(old_best, best_path)
+
+
+def read_history(path: Path, epoch: int) -> list[dict[str, Any]]:
+    """The epoch rows of the resumed run's metrics.jsonl up to `epoch` (so the new run's curves stay whole)."""
+    import json
+
+    history, metrics = {}, run_dir_of(path) / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            if row.pop("kind", "epoch") == "epoch" and row["epoch"] <= epoch:
+                history[row["epoch"]] = row
+    return [history[k] for k in sorted(history)]

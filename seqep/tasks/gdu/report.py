@@ -2,9 +2,9 @@
 
     run_gdu(cfg, run_dir) -> summary dict     (seqep.tasks.dispatch writes it to summary.json)
 
-Config keys read (all with defaults, so older configs work): `algorithm.T`, `algorithm.K`, `algorithm.betas[1]`,
-`gdu.beta` (null = algorithm.betas[1]), `gdu.betas` (the β sweep), `gdu.n_examples`, `gdu.n_elements`,
-`gdu.dtype` (float64), `checkpoint.load`, `seed`, `device`, `dataset`, `model`, `logger`.
+Config read: the learning rule's T, K and nudge β (any estimator with `T`, `K` and `beta`), `gdu.beta` (null =
+the rule's β), `gdu.betas` (the β sweep), `gdu.n_examples`, `gdu.n_elements`, `gdu.dtype`, `checkpoint.load`,
+`seed`, `device`, `dataset`, `model`, `logger`.
 
 Run directory:
     gdu_metrics.csv      one row per (variant, tensor): rmse, sign_agree_pct, rel_err, cos_cumulative,
@@ -23,37 +23,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from seqep.errors import SeqepError
-from seqep.gdu.check import VARIANTS, GDUResult, bptt_steps, gdu_check, gdu_sweep
-from seqep.gdu.metrics import compare, fit_slope, geometric_mean, relative_error
-from seqep.utils import resolve_device
+from seqep.tasks.gdu.check import VARIANTS, GDUResult, bptt_steps, gdu_check, gdu_sweep
+from seqep.tasks.gdu.metrics import compare, fit_slope, geometric_mean, relative_error
+from seqep.utils import resolve_device, resolve_dtype
 
-DEFAULT_SWEEP = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONVERGED = 1e-6  # largest |Δs| at the last free step below which the free phase counts as converged
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
-    """The check's settings from the config, with defaults for keys a schema may not have yet."""
-    get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)
-    betas = get("algorithm.betas", [0.0, 0.1])
-    beta = get("gdu.beta")
-    dtype = str(get("gdu.dtype", "float64"))
-    if dtype not in DTYPES:
-        raise SeqepError(f"gdu.dtype={dtype!r} is not allowed; choose float32 or float64")
+    """The check's settings: T, K and the nudge from the configured learning rule (built, so its defaults hold),
+    the rest from the `gdu` section."""
+    from seqep.training.builders import build_estimator
+
+    estimator = build_estimator(cfg.algorithm)
+    g = cfg.gdu
+    beta = g.beta if g.beta is not None else getattr(estimator, "beta", None)
+    if beta is None:
+        raise SeqepError(f"{type(estimator).__name__} has no nudge beta: set gdu.beta for the GDU check")
     out = {
-        "T": int(get("algorithm.T", 20)),
-        "K": int(get("algorithm.K", 8)),
-        "beta": abs(float(betas[1] if beta is None else beta)),
-        "betas": sorted(abs(float(b)) for b in (get("gdu.betas") or DEFAULT_SWEEP)),
-        "n_examples": int(get("gdu.n_examples", 20)),
-        "n_elements": int(get("gdu.n_elements", 3)),
-        "dtype": dtype,
-        "seed": int(get("seed", 0)),
+        "T": int(estimator.T),
+        "K": int(estimator.K),
+        "beta": abs(float(beta)),
+        "betas": sorted(abs(float(b)) for b in g.betas),
+        "n_examples": int(g.n_examples),
+        "n_elements": int(g.n_elements),
+        "dtype": str(g.dtype),
+        "seed": int(cfg.seed),
     }
-    if out["beta"] == 0 or 0 in out["betas"]:
+    resolve_dtype(out["dtype"], key="gdu.dtype")
+    if out["beta"] == 0 or not out["betas"] or 0 in out["betas"]:
         raise SeqepError("the GDU check needs non-zero nudges: set gdu.beta / algorithm.betas[1] and gdu.betas > 0")
     if not 1 <= out["K"] <= out["T"]:
         raise SeqepError(f"the GDU check backpropagates through the last K of T free steps: need 1 <= "
@@ -66,17 +67,16 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
 def load_inputs(cfg: DictConfig, n_examples: int, dtype: torch.dtype) -> tuple[Any, torch.Tensor, torch.Tensor,
                                                                                  dict[str, Any]]:
     """The configured model (weights from `checkpoint.load` if set) and the first N validation examples."""
-    from seqep import checkpoint as ckpt
-    from seqep.data import iterate_batches, load_dataset
-    from seqep.train import make_model
+    from seqep.data import iterate_batches
+    from seqep.training import checkpoint as ckpt
+    from seqep.training.builders import build_dataset, build_model
 
-    device = resolve_device(str(OmegaConf.select(cfg, "device", default="cpu")))
-    bundle = load_dataset(cfg.dataset)
-    net = make_model(cfg, bundle)
+    device = resolve_device(str(cfg.device))
+    bundle = build_dataset(cfg.dataset).load()
+    net = build_model(cfg.model, seq_len=bundle.seq_len, embed_dim=bundle.embed_dim)
     info: dict[str, Any] = {"dataset": bundle.name, "weights": "fresh (seeded init)"}
-    load = OmegaConf.select(cfg, "checkpoint.load", default=None)
-    if load:
-        meta = ckpt.load_weights(net, load)
+    if cfg.checkpoint.load:
+        meta = ckpt.load_weights(net, cfg.checkpoint.load)
         info["weights"] = f"{meta['path']} ({meta['kind']}, epoch {meta.get('epoch')})"
     net = net.to(device=device, dtype=dtype)
     if len(bundle.val) == 0:
@@ -178,7 +178,7 @@ def print_table(metrics: pd.DataFrame, summary: dict[str, Any], header: str) -> 
 def write_report(result: GDUResult, sweep: dict[float, GDUResult], run_dir: Path, n_elements: int = 3,
                  seed: int = 0) -> tuple[dict[str, Any], dict[str, Path], pd.DataFrame]:
     """CSV tables and the three plots; returns (summary, {plot name: path}, metrics table)."""
-    from seqep.gdu import plots
+    from seqep.tasks.gdu import plots
 
     metrics = metrics_frame(result)
     sweep_df = sweep_frame(sweep)
@@ -196,24 +196,13 @@ def write_report(result: GDUResult, sweep: dict[float, GDUResult], run_dir: Path
     return summary, paths, metrics
 
 
-def _log_wandb(tracker: Any, metrics: pd.DataFrame, paths: dict[str, Path]) -> None:
-    """The table and the plots into the active W&B run (the tracker opened it)."""
-    if getattr(tracker, "backend", None) != "wandb":
-        return
-    import wandb
-
-    if wandb.run is not None:
-        wandb.run.log({"gdu/metrics": wandb.Table(dataframe=metrics.fillna(np.nan)),
-                       **{f"gdu/plots/{k}": wandb.Image(str(p)) for k, p in paths.items()}})
-
-
 def run_gdu(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """`task=gdu` (module doc). Returns the summary (also logged to W&B per `cfg.logger`)."""
-    from seqep.track import Tracker
+    from seqep.training.tracking import Tracker
 
     run_dir, started = Path(run_dir), time.perf_counter()
     s = settings(cfg)
-    net, x, y, info = load_inputs(cfg, s["n_examples"], DTYPES[s["dtype"]])
+    net, x, y, info = load_inputs(cfg, s["n_examples"], resolve_dtype(s["dtype"]))
     bptt = bptt_steps(net, x, y, s["T"], s["K"])
     result = gdu_check(net, x, y, s["T"], s["K"], s["beta"], bptt=bptt)
     sweep = gdu_sweep(net, x, y, s["T"], s["K"], s["betas"], kinds=("param",), bptt=bptt)
@@ -222,9 +211,10 @@ def run_gdu(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 "gdu/weights": info["weights"], "gdu/time_s": time.perf_counter() - started}
     print_table(metrics, summary, f"GDU check: {info['dataset']}, weights {info['weights']}, "
                                   f"N={x.shape[0]}, T={s['T']}, K={s['K']}, β={s['beta']:g}, {s['dtype']}")
-    with Tracker(cfg, run_dir) as tracker:
+    with Tracker.from_config(cfg, run_dir, job_type="gdu") as tracker:
         tracker.log_summary(summary)
-        _log_wandb(tracker, metrics, paths)
+        tracker.log_table("gdu/metrics", metrics.fillna(np.nan))
+        tracker.log_images({f"gdu/plots/{k}": p for k, p in paths.items()})
     print(f"wrote {run_dir / 'gdu_metrics.csv'}, {run_dir / 'gdu_beta_sweep.csv'} and "
           f"{', '.join(str(p) for p in paths.values())}")
     return summary

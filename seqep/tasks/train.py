@@ -1,0 +1,178 @@
+"""`task=train` and `task=test`: build the objects from the config, run the `Trainer`, write `summary.json`.
+
+    run_training(cfg, run_dir) -> summary dict
+    run_test(cfg, run_dir)     -> summary dict     (evaluates checkpoint.load on the validation and test splits)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from seqep.data import iterate_batches
+from seqep.diagnostics import Diagnostics
+from seqep.errors import SeqepError
+from seqep.training import checkpoint as ckpt
+from seqep.training.builders import (build_dataset, build_estimator, build_model, build_optimizer, build_scheduler,
+                                     describe, target_of)
+from seqep.training.tracking import Tracker, resolved_config
+from seqep.training.trainer import Progress, Trainer
+from seqep.utils import resolve_device, resolve_dtype
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
+    """Data, network (weights from `checkpoint.load` if given), learning rule, optimizer, schedule, diagnostics."""
+    device, dtype = resolve_device(str(cfg.device)), resolve_dtype(str(cfg.dtype))
+    dataset = build_dataset(cfg.dataset)
+    data = dataset.load()
+    net = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim).to(device=device, dtype=dtype)
+    if cfg.checkpoint.load:
+        meta = ckpt.load_weights(net, cfg.checkpoint.load)
+        print(f"loaded weights from {meta['path']} ({meta['kind']})")
+    optimizer = build_optimizer(cfg.optimizer, net)
+    schedule = build_scheduler(cfg.scheduler, optimizer)
+    generators = {"data": torch.Generator().manual_seed(cfg.seed),  # batch order
+                  "estimator": torch.Generator().manual_seed(cfg.seed + 1)}  # e.g. EP random_sign
+    estimator = build_estimator(cfg.algorithm, generators["estimator"])
+    t = cfg.trainer
+    probe_batch = None
+    if t.probe_every > 0 and len(data.val) > 0:  # the first validation examples, fixed for the whole run
+        probe_batch = next(iterate_batches(data.val, data.vectors, t.probe_size, shuffle=False, device=device,
+                                           dtype=dtype))
+    diagnostics = Diagnostics(estimator, every=t.diagnostics_every, tol=t.diagnostics_tol,
+                              probe_every=t.probe_every, probe_batch=probe_batch)
+    return Trainer(t, net=net, estimator=estimator, optimizer=optimizer, schedule=schedule, data=data,
+                   batch_size=dataset.batch_size, eval_batch_size=dataset.eval_batch_size, device=device, dtype=dtype,
+                   generators=generators, run_dir=run_dir, config=resolved_config(cfg),
+                   save_every=cfg.checkpoint.save_every, diagnostics=diagnostics)
+
+
+def job_type(cfg: DictConfig) -> str:
+    """The learning rule's class name in lower case (`ep`, `bptt`, `myrule`): W&B's job type."""
+    return str(cfg.algorithm._target_).rsplit(".", 1)[-1].lower()
+
+
+def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Train per `cfg`, select on validation, report test accuracy of the best checkpoint; write summary.json."""
+    run_dir, started = Path(run_dir), time.time()
+    if cfg.checkpoint.resume and cfg.checkpoint.load:
+        raise SeqepError("give checkpoint.resume (continue a run) or checkpoint.load (start from weights), not both")
+    trainer = build_trainer(cfg, run_dir)
+    progress = trainer.resume(cfg.checkpoint.resume) if cfg.checkpoint.resume else Progress()
+    data, net, estimator = trainer.data, trainer.net, trainer.estimator
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, L={data.seq_len}, "
+          f"d={data.embed_dim} | model {net.kind} fc={net.fc} ({n_params:,} parameters) | {describe(estimator)} | "
+          f"{trainer.device} | {run_dir}")
+
+    with Tracker.from_config(cfg, run_dir, history=progress.history, job_type=job_type(cfg)) as tracker:
+        try:
+            trainer.fit(tracker, progress)
+        except SeqepError as err:  # NaN stop and the like: what finished is kept, and said
+            write_json(run_dir / "summary.json", {"status": "failed", "error": str(err), "epochs": progress.epoch,
+                                                  "val/best_acc": progress.best_acc if progress.best_epoch else None,
+                                                  "best_epoch": progress.best_epoch})
+            raise
+        test = trainer.test()
+        last = tracker.rows[-1] if tracker.rows else {}
+        summary = {
+            "status": "completed",
+            **test,
+            "val/best_acc": progress.best_acc if progress.best_epoch else None,
+            "best_epoch": progress.best_epoch,
+            "train/acc": last.get("train/acc"),
+            "train/loss": last.get("train/loss"),
+            "val/acc": last.get("val/acc"),
+            "epochs": cfg.trainer.epochs,
+            "time_s": time.time() - started,
+            "time/epoch_s_mean": _mean(r.get("time/epoch_s") for r in tracker.rows[len(progress.history):]),
+            **algorithm_summary(estimator),
+            "optimizer": target_of(trainer.optimizer),
+            "scheduler": target_of(trainer.schedule.scheduler) if trainer.schedule is not None else None,
+            "seed": cfg.seed,
+            "dataset": data.name,
+            "model.fc": list(net.fc),
+            "n_params": n_params,
+            "checkpoint": str(trainer.best_path) if trainer.best_path.exists() else None,
+            "run_dir": str(run_dir),
+        }
+        write_json(run_dir / "summary.json", summary)
+        tracker.log_summary(summary)
+        chosen = (f"epoch {progress.best_epoch}, val acc {progress.best_acc:.4f}" if progress.best_epoch
+                  else "no epoch trained")
+        print(f"test acc {test['test/acc']:.4f} (loss {test['test/loss']:.4f}) with the best-on-validation "
+              f"checkpoint ({chosen}) | {summary['time_s']:.0f}s total")
+        images = _plot(tracker.rows, run_dir)
+        if images:
+            tracker.log_images(images)
+    return summary
+
+
+def algorithm_summary(estimator: Any) -> dict[str, Any]:
+    """The learning rule as summary.json records it: its own description, its class, and T, K, betas if it has them."""
+    betas = [estimator.beta_free, estimator.beta] if hasattr(estimator, "beta") else None
+    return {"algorithm": describe(estimator), "algorithm._target_": target_of(estimator),
+            "T": getattr(estimator, "T", None), "K": getattr(estimator, "K", None), "betas": betas}
+
+
+def run_test(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Evaluate `checkpoint.load` (a run dir means its best.pt) on the validation and test splits."""
+    run_dir = Path(run_dir)
+    target = cfg.checkpoint.load or cfg.checkpoint.resume
+    if not target:
+        raise SeqepError("task=test needs a checkpoint: checkpoint.load=<run dir or checkpoint file>")
+    device, dtype = resolve_device(str(cfg.device)), resolve_dtype(str(cfg.dtype))
+    dataset = build_dataset(cfg.dataset)
+    data = dataset.load()
+    net = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim).to(device=device, dtype=dtype)
+    meta = ckpt.load_weights(net, target)
+    estimator = build_estimator(cfg.algorithm, torch.Generator().manual_seed(cfg.seed))
+    trainer = Trainer(cfg.trainer, net=net, estimator=estimator, optimizer=None, schedule=None, data=data,
+                      batch_size=dataset.batch_size, eval_batch_size=dataset.eval_batch_size, device=device,
+                      dtype=dtype, generators={}, run_dir=run_dir, config={}, save_every=1, diagnostics=None)
+    with Tracker.from_config(cfg, run_dir, job_type=job_type(cfg)) as tracker:
+        metrics = {**trainer.evaluate("val"), **trainer.evaluate("test")}
+        summary = {"status": "completed", **metrics, "checkpoint": meta["path"], "checkpoint_kind": meta["kind"],
+                   "checkpoint_epoch": meta.get("epoch"), **algorithm_summary(estimator), "dataset": data.name,
+                   "run_dir": str(run_dir)}
+        write_json(run_dir / "summary.json", summary)
+        tracker.log_summary(summary)
+    print(f"{meta['path']} ({meta['kind']}): val acc {metrics['val/acc']:.4f} | test acc {metrics['test/acc']:.4f} "
+          f"(loss {metrics['test/loss']:.4f})")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _mean(values) -> float | None:
+    vals = [v for v in values if isinstance(v, (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _plot(rows: list[dict], run_dir: Path) -> dict[str, Path]:
+    """plots/learning_curves.png and plots/summary.png (docs/dashboards.md); returns what was drawn."""
+    try:
+        from seqep.plots import plot_learning_curves, plot_run_summary
+    except Exception as err:  # a figure must never cost a finished run (e.g. a broken matplotlib install)
+        print(f"warning: could not draw the figures ({type(err).__name__}: {err})")
+        return {}
+    drawn = {}
+    for key, draw, what in (("plots/learning_curves", plot_learning_curves, "the learning curves"),
+                            ("plots/summary", plot_run_summary, "the summary figure")):
+        try:
+            drawn[key] = draw(rows, run_dir / f"{key}.png")
+        except Exception as err:  # a figure must never cost a finished run
+            print(f"warning: could not draw {what} ({type(err).__name__}: {err})")
+    return drawn
+

@@ -1,0 +1,200 @@
+"""The training loop: epochs, validation, best-on-validation checkpoints, the test split once at the end.
+
+    trainer = Trainer(cfg.trainer, net=..., estimator=..., optimizer=..., schedule=..., data=bundle, ...)
+    progress = trainer.fit(tracker, progress)     # epochs progress.epoch+1 .. settings.epochs
+    test = trainer.test()                         # best.pt's weights on the test split
+
+Per epoch: train with the estimator (it fills p.grad, the optimizer steps; a per-step schedule steps after every
+batch), evaluate on the validation split, step a per-epoch schedule, write `checkpoints/last.pt` (full resume
+state) and, when validation accuracy improved, `checkpoints/best.pt`. The test set never chooses anything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from seqep.data import DataBundle, iterate_batches
+from seqep.diagnostics import Diagnostics
+from seqep.errors import SeqepError
+from seqep.estimators import Estimator
+from seqep.network import Network
+from seqep.training import checkpoint as ckpt
+from seqep.training.builders import Schedule
+from seqep.training.tracking import Tracker
+
+
+class NonFiniteError(SeqepError):
+    """NaN or Inf in states, loss or weights: the run stops, the last good checkpoint stays."""
+
+
+@dataclass
+class Progress:
+    """Where training stands: epochs done, the best validation accuracy so far, the rows of earlier epochs."""
+
+    epoch: int = 0
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_good: str = "none (no epoch finished)"  # the last checkpoint written, for the NaN-stop message
+
+
+def batch_stats(output: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+    """Summed loss ½‖s_out − e_y‖², number correct and number of argmax ties (dead outputs, SPEC §8)."""
+    target = torch.nn.functional.one_hot(y, output.shape[1]).to(output.dtype)
+    loss = 0.5 * ((output - target) ** 2).sum(1)
+    top = output.max(1, keepdim=True).values
+    ties = ((output == top).sum(1) > 1).sum()
+    return float(loss.sum()), float((output.argmax(1) == y).sum()), float(ties)
+
+
+def check_finite(epoch: int, batch: int, out, net: Network, last_good: str) -> None:
+    what = None
+    if not torch.isfinite(out.loss).all():
+        what = f"the loss ({float(out.loss):.4g})"
+    else:
+        for phase, res in {"free": out.free, **out.phases}.items():
+            if not all(bool(torch.isfinite(s).all()) for s in res.states):
+                what = f"the {phase}-phase states"
+                break
+        else:
+            bad = [n for n, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                what = f"the weights ({', '.join(bad)})"
+    if what is not None:
+        raise NonFiniteError(f"NaN or Inf in {what} at epoch {epoch}, batch {batch}: training stopped; "
+                             f"last good checkpoint: {last_good}. Lower optimizer.lrs or algorithm.betas[1]")
+
+
+class Trainer:
+    """Owns the loop; the objects it drives are built by `seqep.training.builders` from the config."""
+
+    def __init__(self, settings: Any, *, net: Network, estimator: Estimator, optimizer: torch.optim.Optimizer,
+                 schedule: Schedule | None, data: DataBundle, batch_size: int, eval_batch_size: int | None,
+                 device: torch.device, dtype: torch.dtype, generators: dict[str, torch.Generator], run_dir: Path,
+                 config: dict[str, Any], save_every: int, diagnostics: Diagnostics) -> None:
+        self.settings = settings  # TrainerConfig (seqep.config): epochs, limits, log_every, progress, ...
+        self.net, self.estimator, self.optimizer, self.schedule = net, estimator, optimizer, schedule
+        self.data, self.batch_size = data, int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.device, self.dtype, self.generators = device, dtype, generators
+        self.ckpt_dir = Path(run_dir) / ckpt.CKPT_DIR
+        self.config, self.save_every, self.diagnostics = config, max(1, int(save_every)), diagnostics
+
+    @property
+    def best_path(self) -> Path:
+        return self.ckpt_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    # ----------------------------------------------------------------------------------------- loops
+    def fit(self, tracker: Tracker, progress: Progress) -> Progress:
+        """Train epochs `progress.epoch + 1 .. settings.epochs`; returns the progress at the end."""
+        epochs = int(self.settings.epochs)
+        if progress.epoch >= epochs:
+            print(f"nothing to train: {progress.epoch} epochs done, trainer.epochs={epochs} (raise it to continue)")
+        for epoch in range(progress.epoch + 1, epochs + 1):
+            t0 = time.time()
+            lrs = [g["lr"] for g in self.optimizer.param_groups]
+            train = self.train_epoch(epoch, tracker, progress.last_good)
+            train.update(self.diagnostics.epoch_metrics(self.net, epoch))
+            t_train = time.time() - t0
+            val = self.evaluate("val")
+            if self.schedule is not None and self.schedule.interval == "epoch":
+                self.schedule.scheduler.step()
+            improved = val["val/acc"] > progress.best_acc
+            if improved:
+                progress.best_acc, progress.best_epoch = val["val/acc"], epoch
+                ckpt.save_checkpoint(self.best_path, ckpt.weights_state(self.net, epoch, progress.best_acc,
+                                                                        self.config))
+            progress.epoch = epoch
+            if epoch % self.save_every == 0 or epoch == epochs:
+                self.save_last(progress)
+                progress.last_good = f"{self.last_path} (epoch {epoch})"
+            row = {**train, **val, **{f"lr/{i}": lr for i, lr in enumerate(lrs)},
+                   "time/train_s": t_train, "time/epoch_s": time.time() - t0}
+            tracker.log_epoch(epoch, row)
+            print(f"epoch {epoch:3d}/{epochs} | train loss {train['train/loss']:.4f} acc {train['train/acc']:.3f} | "
+                  f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.3f}{' *' if improved else '  '} | "
+                  f"lr {lrs[-1]:.2e} | {row['time/epoch_s']:.1f}s", flush=True)
+        return progress
+
+    def train_epoch(self, epoch: int, tracker: Tracker, last_good: str) -> dict[str, float]:
+        s, net = self.settings, self.net
+        limit = s.limit_train_batches
+        total = math.ceil(len(self.data.train) / self.batch_size)
+        total = total if limit is None else min(total, int(limit))
+        batches = iterate_batches(self.data.train, self.data.vectors, self.batch_size, shuffle=True,
+                                  generator=self.generators["data"], device=self.device, dtype=self.dtype)
+        bar = tqdm(islice(batches, limit), total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+                   disable=not s.progress)
+        loss = correct = ties = n = 0.0
+        net.train()
+        for i, (x, y) in enumerate(bar, start=1):
+            out = self.estimator.compute_gradients(net, x, y)
+            check_finite(epoch, i, out, net, last_good)
+            before = self.diagnostics.snapshot(net) if self.diagnostics.due(i) else None
+            self.optimizer.step()
+            if self.schedule is not None and self.schedule.interval == "step":
+                self.schedule.scheduler.step()
+            check_finite(epoch, i, out, net, last_good)
+            if before is not None:
+                self.diagnostics.record(net, x, y, out, before)
+            b_loss, b_correct, b_ties = batch_stats(out.output.detach(), y)
+            loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
+            if i % 10 == 0 or i == total:
+                bar.set_postfix(loss=f"{loss / n:.4f}", acc=f"{correct / n:.3f}", refresh=False)
+            if s.log_every and i % s.log_every == 0:
+                tracker.log_batch((epoch - 1) * total + i, {"train/loss": b_loss / len(y),
+                                                            "train/acc": b_correct / len(y)}, epoch=epoch)
+        bar.close()
+        if n == 0:
+            raise SeqepError("no training batches: the train split is empty or trainer.limit_train_batches=0")
+        return {"train/loss": loss / n, "train/acc": correct / n, "train/tie_rate": ties / n}
+
+    @torch.no_grad()
+    def evaluate(self, split: str, prefix: str | None = None) -> dict[str, float]:
+        """Free phase on a split (no shuffling): `<prefix>/loss`, `<prefix>/acc`, `<prefix>/tie_rate`."""
+        prefix = prefix or split
+        batches = iterate_batches(self.data.split(split), self.data.vectors, self.eval_batch_size, shuffle=False,
+                                  device=self.device, dtype=self.dtype)
+        loss = correct = ties = n = 0.0
+        for x, y in islice(batches, self.settings.limit_eval_batches):
+            b_loss, b_correct, b_ties = batch_stats(self.estimator.predict(self.net, x), y)
+            loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
+        n = max(n, 1.0)
+        return {f"{prefix}/loss": loss / n, f"{prefix}/acc": correct / n, f"{prefix}/tie_rate": ties / n}
+
+    def test(self) -> dict[str, float]:
+        """The test split, once, with the weights that were best on validation (as they are, if none was saved)."""
+        if self.best_path.exists():
+            ckpt.load_weights(self.net, self.best_path)
+        return self.evaluate("test")
+
+    # ----------------------------------------------------------------------------------------- state
+    def save_last(self, progress: Progress) -> None:
+        scheduler = self.schedule.scheduler if self.schedule is not None else None
+        ckpt.save_checkpoint(self.last_path, ckpt.training_state(
+            model=self.net, optimizer=self.optimizer, scheduler=scheduler, epoch=progress.epoch,
+            best_val_acc=progress.best_acc, best_epoch=progress.best_epoch, generators=self.generators,
+            config=self.config))
+
+    def resume(self, target: str) -> Progress:
+        """Everything from a run dir's last.pt (or a given file): weights, optimizer, schedule, RNGs, best so far."""
+        scheduler = self.schedule.scheduler if self.schedule is not None else None
+        state = ckpt.restore_training(target, self.net, self.optimizer, scheduler, self.generators, self.config)
+        ckpt.carry_best(state["path"], self.best_path)
+        epoch, best = int(state["epoch"]), state["best"]
+        print(f"resumed from {state['path']} after epoch {epoch} (best val acc {best['val_acc']:.4f} at epoch "
+              f"{best['epoch']})")
+        return Progress(epoch, float(best["val_acc"]), int(best["epoch"]), ckpt.read_history(state["path"], epoch),
+                        f"{target} (epoch {epoch})")
