@@ -1,7 +1,7 @@
 """Entry point: `python run.py [overrides]`. Hydra composes conf/ into one typed config; seqep.tasks runs it.
 
-A user error (bad value, unknown option, missing file, mismatched checkpoint) prints one line `error: ...` on
-stderr and exits with status 2.
+A user error (bad value, unknown option or key, missing file, mismatched checkpoint) prints one line
+`error: ...` on stderr and exits with status 2.
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from seqep.config import check_group_options  # importing seqep.config registers the schemas
+from seqep.config import check_group_options, register_configs, search_dirs
 from seqep.data.errors import DataError
 from seqep.errors import SeqepError
 
@@ -36,6 +36,7 @@ if __name__ == "__main__":
     if not {"-cp", "--config-path", "-cd", "--config-dir"} & set(sys.argv):
         try:
             check_group_options(sys.argv[1:], CONF_DIR)
+            register_configs((search_dirs(sys.argv[1:], CONF_DIR) or [CONF_DIR])[1:])  # one's own options' schemas
         except SeqepError as err:
             fail(err)
     main()

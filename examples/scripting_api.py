@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from seqep.training.checkpoint import load_weights
 from seqep.estimators import BPTT, EP, VARIANTS, grads_by_name
 from seqep.network import HopfieldEPNet, one_hot
 from seqep.relax import relax
+from seqep.training.checkpoint import load_weights
 
 torch.manual_seed(0)
 

@@ -46,12 +46,14 @@ SUPPLIED = {
     "optimizer": ("params",),  # one parameter group per synapse
     "scheduler": ("optimizer", "last_epoch", "verbose"),
 }
+INTERVALS = ("epoch", "step")  # scheduler.interval: step the schedule once per epoch or once per optimizer step
+DEFAULT_INTERVAL = "epoch"
 # seqep's own keys of a group, beside the class's arguments: (name, type, default).
 EXTRA_KEYS = {
     "optimizer": [("_partial_", bool, True),
                   ("lrs", Optional[list[float]], None)],  # one lr per synapse, projections first; null = `lr`
     "scheduler": [("_partial_", bool, True),
-                  ("interval", str, "epoch")],  # step the schedule once per `epoch` or once per `step` (batch)
+                  ("interval", str, DEFAULT_INTERVAL)],  # one of INTERVALS
 }
 
 
@@ -114,7 +116,8 @@ class SeqepConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64
-    name: str = "${target_name:${algorithm._target_}}_${dataset.name}"  # run directory and W&B run: ep_rt_snippets
+    # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case)
+    name: str = "${target_name:${algorithm._target_}}_${oc.select:dataset.name,${target_name:${dataset._target_}}}"
     dataset: Any = MISSING  # the object groups: typed by each option's own schema
     model: Any = MISSING
     algorithm: Any = MISSING
@@ -228,12 +231,16 @@ def _option_targets(conf_dir: Path = CONF_DIR) -> dict[tuple[str, str], str]:
     return found
 
 
-def register_configs() -> None:
-    """Store the top-level schema and `<group>/<option>_schema` for every shipped option (idempotent)."""
+def register_configs(extra_dirs: list[Path] = ()) -> None:
+    """Store the top-level schema and `<group>/<option>_schema` for every option in conf/ and in `extra_dirs` (the
+    folders of `hydra.searchpath`, where one's own options live). Idempotent."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=SeqepConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
-    for (group, option), target in _option_targets().items():
+    targets = {}
+    for conf_dir in [CONF_DIR, *extra_dirs]:
+        targets |= _option_targets(Path(conf_dir))
+    for (group, option), target in targets.items():
         schema = schema_for(target, group)
         if schema is not None:
             cs.store(group=group, name=f"{option}_schema", node=schema)
@@ -278,8 +285,8 @@ def check_objects(cfg: DictConfig) -> None:
         if unknown:
             keys = ", ".join(k for k in allowed if not k.startswith("_"))
             raise SeqepError(f"{key}.{unknown[0]} is not a key of {node._target_}; its keys are: {keys}")
-        try:
-            typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+        try:  # merged as plain data: a node typed in another process (joblib, submitit) has another schema class
+            typed = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=False))
         except OmegaConfBaseException as err:
             raise SeqepError(f"{key}.{err.full_key or ''}: {str(err).splitlines()[0]}") from None
         missing = [k for k in allowed if OmegaConf.is_missing(typed, k)]
@@ -315,7 +322,7 @@ def validate(cfg: DictConfig) -> None:
                          "(or an old-code checkpoint.tar)")
 
 
-def _search_dirs(overrides: list[str], conf_dir: Path) -> list[Path] | None:
+def search_dirs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[Path] | None:
     """conf/ and the `file://` folders of a `hydra.searchpath=[...]` override; None when one is not a folder."""
     dirs = [conf_dir]
     for text in overrides:
@@ -336,7 +343,7 @@ def check_group_options(overrides: list[str], conf_dir: str | Path = CONF_DIR) -
     Hydra's own message for this is correct but lists every file of the group and the search path over ~20
     lines; this names the valid options only. Anything this does not understand is left for Hydra to judge.
     """
-    dirs = _search_dirs(overrides, Path(conf_dir))
+    dirs = search_dirs(overrides, Path(conf_dir))
     if dirs is None:
         return
     for text in overrides:

@@ -3,7 +3,7 @@
 Stable metric names (metrics file and W&B; phase = free, plus, minus):
 
 - `relax/<phase>/max_change`, `relax/<phase>/mean_change`: largest / mean |Δs| at the phase's last step
-- `relax/<phase>/frac_unsettled`: fraction of examples whose largest change is above `diagnostics.tol`
+- `relax/<phase>/frac_unsettled`: fraction of examples whose largest change is above `trainer.diagnostics_tol`
 - `relax/<phase>/steps`: relaxation steps used (< T or K only with the early stop `algorithm.tol`)
 - `relax/<phase>/phi`: Φ at the end of the phase, batch mean
 - `out/tie_rate`: fraction of examples whose output neurons all sit at the activation's floor (dead outputs)
@@ -26,15 +26,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqep.estimators import BPTT, Estimator, StepOutput, grads_by_name
-from seqep.network import ACTIVATION_FLOOR, HopfieldEPNet, States, one_hot
+from seqep.network import ACTIVATION_RANGE, Network, States, one_hot
 from seqep.relax import RelaxResult
 
-ACTIVATION_CEIL = {"my_hard_sig": 1.0, "hard_sigmoid": 1.0, "my_sigmoid": 1.0, "sigmoid": 1.0, "tanh": 1.0}
 SATURATION_EPS = 1e-6  # exactly at the bound for the clamps; sigmoid-like units come within this of it
-BLOCK_NAMES = {"sentiment": ["s1"], "nli": ["s1", "s2", "s3", "s4"]}
 
 
-def dense_layer_names(net: HopfieldEPNet) -> list[str]:
+def block_names(net: Network) -> list[str]:
+    """The old code's names of the projection blocks: s1 [.. s4]."""
+    return [f"s{i + 1}" for i in range(net.n_proj)]
+
+
+def dense_layer_names(net: Network) -> list[str]:
     return [f"h{i + 1}" for i in range(len(net.fc) - 1)] + ["out"]
 
 
@@ -48,9 +51,9 @@ def convergence(res: RelaxResult, tol: float) -> dict[str, float]:
     }
 
 
-def output_health(net: HopfieldEPNet, states: States) -> dict[str, float]:
+def output_health(net: Network, states: States) -> dict[str, float]:
     """Dead outputs (all output neurons at the floor: argmax ties) and saturation of every dense layer."""
-    floor, ceil = ACTIVATION_FLOOR[net.activation], ACTIVATION_CEIL[net.activation]
+    floor, ceil = ACTIVATION_RANGE[net.activation]
     out = net.output(states)
     metrics = {"out/tie_rate": (out <= floor + SATURATION_EPS).all(1).float().mean().item()}
     for name, s in zip(dense_layer_names(net), states[1:]):
@@ -59,14 +62,14 @@ def output_health(net: HopfieldEPNet, states: States) -> dict[str, float]:
     return metrics
 
 
-def attention_entropy(net: HopfieldEPNet, x: Tensor, states: States) -> dict[str, float]:
+def attention_entropy(net: Network, x: Tensor, states: States) -> dict[str, float]:
     """Mean entropy of the attention rows each block would use for its next update, per block."""
     logp = torch.log_softmax(net.attention_scores(net.fields(x, states)[0], *net.keys(x)), dim=-1)
     entropy = -(logp.exp() * logp).sum(-1).mean((0, 2))  # (n_proj,)
-    return {f"attn/entropy/{n}": e.item() for n, e in zip(BLOCK_NAMES[net.kind], entropy)}
+    return {f"attn/entropy/{n}": e.item() for n, e in zip(block_names(net), entropy)}
 
 
-def phase_metrics(net: HopfieldEPNet, x: Tensor, y: Tensor, out: StepOutput, tol: float,
+def phase_metrics(net: Network, x: Tensor, y: Tensor, out: StepOutput, tol: float,
                   beta: float | None = None) -> dict[str, float]:
     """Everything measurable from one training step's phases (no extra relaxation)."""
     metrics: dict[str, float] = {}
@@ -83,7 +86,7 @@ def phase_metrics(net: HopfieldEPNet, x: Tensor, y: Tensor, out: StepOutput, tol
     return metrics
 
 
-def gradient_metrics(net: HopfieldEPNet, before: dict[str, Tensor] | None = None) -> dict[str, float]:
+def gradient_metrics(net: Network, before: dict[str, Tensor] | None = None) -> dict[str, float]:
     """Gradient and weight norms per parameter; with the weights from before the optimizer step, the
     update/weight ratio ‖Δθ‖/‖θ‖ too."""
     metrics = {}
@@ -96,7 +99,7 @@ def gradient_metrics(net: HopfieldEPNet, before: dict[str, Tensor] | None = None
     return metrics
 
 
-def probe(net: HopfieldEPNet, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str, float]:
+def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str, float]:
     """Cosine and relative error between the estimator in use and BPTT from the free equilibrium, per tensor.
 
     BPTT runs T free steps without a graph, then K with one: the true gradient of the loss reached by K more
@@ -155,19 +158,19 @@ class Diagnostics:
         """Batch indices start at 1."""
         return self.every > 0 and (batch_index - 1) % self.every == 0
 
-    def snapshot(self, net: HopfieldEPNet) -> dict[str, Tensor]:
+    def snapshot(self, net: Network) -> dict[str, Tensor]:
         start = time.perf_counter()
         weights = {n: p.detach().clone() for n, p in net.named_parameters()}
         self.seconds += time.perf_counter() - start
         return weights
 
-    def record(self, net: HopfieldEPNet, x: Tensor, y: Tensor, out: StepOutput, before: dict[str, Tensor]) -> None:
+    def record(self, net: Network, x: Tensor, y: Tensor, out: StepOutput, before: dict[str, Tensor]) -> None:
         """After the optimizer step: `before` holds the weights the step started from."""
         start = time.perf_counter()
         self.averager.add({**phase_metrics(net, x, y, out, self.tol, self.beta), **gradient_metrics(net, before)})
         self.seconds += time.perf_counter() - start
 
-    def epoch_metrics(self, net: HopfieldEPNet, epoch: int) -> dict[str, float]:
+    def epoch_metrics(self, net: Network, epoch: int) -> dict[str, float]:
         start = time.perf_counter()
         metrics = self.averager.means()
         if self.probe_batch is not None and self.probe_every > 0 and epoch % self.probe_every == 0:

@@ -4,26 +4,45 @@ No timing assertions: timings depend on the machine and its load."""
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqep.tasks.bench import SHAPES, PeakMemory, run_bench, step_flops, train_flops
+from seqep.config import SeqepConfig  # (also registers the schemas in ConfigStore)
 from seqep.errors import SeqepError
 from seqep.estimators import EP
 from seqep.network import one_hot
 from seqep.phase import ClosedFormPhase
 from seqep.relax import relax
+from seqep.tasks.bench import (
+    FALLBACK_OPTIMIZER,
+    LR,
+    SHAPES,
+    PeakMemory,
+    read_settings,
+    run_bench,
+    step_flops,
+    train_flops,
+)
+from seqep.tasks.bench.cases import build
+from seqep.training.builders import build_optimizer
 
 from small_models import small_input, small_net
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def bench_cfg(**bench):
-    settings = dict(shapes=["tiny"], repeats=1, memory_T=[2, 4], memory_shape="tiny", ceiling_size=64,
-                    old_code_batches=False)
-    return OmegaConf.create({"device": "cpu", "dtype": "float32", "seed": 0, "bench": {**settings, **bench}})
+
+def bench_cfg(*overrides):
+    """The composed config (as run.py would build it) of a small bench: every `bench.*` key from the schema."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[
+            "task=bench", "device=cpu", "logger=none", "bench.shapes=[tiny]", "bench.repeats=1",
+            "bench.memory_T=[2,4]", "bench.memory_shape=tiny", "bench.ceiling_size=64",
+            "bench.old_code_batches=false", *overrides])
 
 
 def test_run_bench_writes_json_with_positive_numbers(tmp_path):
@@ -45,13 +64,28 @@ def test_run_bench_writes_json_with_positive_numbers(tmp_path):
     assert all(m["peak_mb"] > 0 for m in report["memory_vs_T"])
     assert (tmp_path / "plots" / "bench_memory.png").stat().st_size > 0
     assert summary["speedup/closed/tiny/train/ep"] > 0
+    assert report["settings"]["optimizer"]["_target_"] == "torch.optim.Adam"
+    assert report["settings"]["optimizer"]["lr"] == LR and report["settings"]["optimizer"]["lrs"] is None
+
+
+def test_bench_builds_the_runs_optimizer_with_one_small_learning_rate():
+    st, _ = read_settings(bench_cfg("optimizer=sgd", "optimizer.lrs=[0.1,0.1,0.1]"))
+    assert st.optimizer["_target_"] == "torch.optim.SGD" and st.optimizer["momentum"] == 0.9
+    assert st.optimizer["lrs"] is None and st.optimizer["lr"] == LR
+    net, _, _ = build(SHAPES["tiny"], st)  # other synapses than the run's model: one lr for all
+    opt = build_optimizer(st.optimizer, net)
+    assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == len(net.synapses)
+    assert all(group["lr"] == LR for group in opt.param_groups)
+    json.dumps(st.optimizer)  # the memory probe's subprocess gets it as JSON
+    bare = OmegaConf.merge(OmegaConf.structured(SeqepConfig), {"device": "cpu"})  # no optimizer node
+    assert read_settings(bare)[0].optimizer == FALLBACK_OPTIMIZER
 
 
 def test_run_bench_rejects_unknown_shape_and_precision(tmp_path):
     with pytest.raises(SeqepError, match="bench.shapes"):
-        run_bench(bench_cfg(shapes=["mnist"]), tmp_path)
-    with pytest.raises(SeqepError, match="bench.precision"):
-        run_bench(bench_cfg(precision="fp8"), tmp_path)
+        run_bench(bench_cfg("bench.shapes=[mnist]"), tmp_path)
+    with pytest.raises(SeqepError, match=r"^bench.precision='fp8' is not allowed; choose one of: float32, tf32, bf16$"):
+        run_bench(bench_cfg("bench.precision=fp8"), tmp_path)
 
 
 def test_step_flops_equals_a_hand_count_and_torch_counter():

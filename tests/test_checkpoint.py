@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from seqep.training import checkpoint as ckpt
 from seqep.errors import SeqepError
 from seqep.network import HopfieldEPNet
+from seqep.training import checkpoint as ckpt
 
 
 def tiny(fc=(16, 2)):

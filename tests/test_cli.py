@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY as SHARED_TINY
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synth_sentiment", "dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64",
-        "dataset.seq_len=16", "model.fc=[16,2]", "algorithm.T=4", "algorithm.K=2", "trainer.epochs=1",
-        "trainer.limit_train_batches=2", "trainer.limit_eval_batches=1", "trainer.progress=false",
-        "logger=none"]
+TINY = [*SHARED_TINY, "algorithm.T=4", "algorithm.K=2", "trainer.epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_eval_batches=1", "logger=none"]
 
 
 def run_cli(*args: str, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -50,7 +50,8 @@ def trained_run(tmp_path_factory) -> Path:
 def test_help_lists_groups_and_keys(tmp_path):
     proc = run_cli("--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for text in ["seqep", "bptt, ep", "paper_snli", "launcher:", "sweep:", "optimizer:", "lrs:"]:
+    for text in ["seqep", "algorithm: bptt", "adamw", "warmup_cosine", "paper_snli", "launcher:", "sweep:",
+                 "optimizer:", "lrs:", "_target_: seqep.estimators.EP"]:
         assert text in proc.stdout
 
 
@@ -60,14 +61,16 @@ def test_cfg_job_shows_every_interface_key(tmp_path):
     cfg = yaml.safe_load(proc.stdout)
     for key in ["task", "seed", "device", "dtype", "name"]:
         assert key in cfg
-    expected = {"algorithm": ["name", "T", "K", "betas", "variant", "truncate", "field_mode", "tol"],
-                "model": ["kind", "fc", "activation", "attn_scale", "mask_padding"],
-                "dataset": ["name", "kind", "seq_len", "batch_size", "eval_batch_size"],
-                "optimizer": ["name", "lrs"], "scheduler": ["name", "T_max", "eta_min"],
+    expected = {"algorithm": ["_target_", "T", "K", "betas", "variant", "field_mode", "tol"],
+                "model": ["_target_", "kind", "fc", "activation", "attn_scale", "mask_padding", "out_bias_init"],
+                "dataset": ["_target_", "name", "seq_len", "batch_size", "eval_batch_size"],
+                "optimizer": ["_target_", "_partial_", "lrs", "lr", "eps"],
+                "scheduler": ["_target_", "_partial_", "interval", "T_max", "eta_min"],
                 "trainer": ["epochs", "limit_train_batches", "limit_eval_batches"],
-                "checkpoint": ["load", "resume"], "logger": ["name", "wandb"]}
+                "checkpoint": ["load", "resume"], "logger": ["wandb"]}
     for group, keys in expected.items():
         assert set(keys) <= set(cfg[group]), group
+    assert "truncate" not in cfg["algorithm"] and "momentum" not in cfg["optimizer"]  # only the class's own keys
 
 
 def test_info_runs(tmp_path):
@@ -82,7 +85,7 @@ def test_tiny_training_run_writes_the_run_directory(trained_run):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert 0.0 <= summary["test/acc"] <= 1.0 and "val/best_acc" in summary
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    assert config["device"] == "cpu" and config["model"]["fc"] == [16, 2]
+    assert config["device"] == "cpu" and config["model"]["fc"] == [8, 2]
 
 
 def test_task_test_evaluates_the_checkpoint(trained_run, tmp_path):
@@ -131,7 +134,7 @@ def test_truncated_checkpoint(trained_run, tmp_path):
 
 def test_mismatched_checkpoint(trained_run, tmp_path):
     tiny = [a for a in TINY if not a.startswith("model.fc")]
-    proc = run_cli(*tiny, "model.fc=[32,2]", "task=test",
+    proc = run_cli(*tiny, "model.fc=[16,2]", "task=test",
                    f"checkpoint.load={trained_run / 'checkpoints' / 'best.pt'}", tmp_path=tmp_path)
     assert_one_line_error(proc)
 
@@ -155,3 +158,18 @@ def test_misspelt_key_or_wrong_type_names_the_key_without_traceback(override, ke
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and key in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 8
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+algorithm.TT=3", "algorithm.TT is not a key of seqep.estimators.EP; its keys are: T, K, betas"),
+    ("+optimizer.momentum=0.9", "optimizer.momentum is not a key of torch.optim.Adam"),
+    ("+dataset.n_trian=5", "dataset.n_trian is not a key of seqep.data.RtSnippets"),
+    ("+logger.wandb.projet=x", "logger.wandb.projet is not a key of seqep.training.tracking.WandbLogger"),
+    ("algorithm.variant=both", "algorithm.variant='both' is not allowed; choose one of: symmetric, positive"),
+    ("optimizer.lr=-1", "optimizer (torch.optim.Adam): Invalid learning rate: -1"),
+    ("model.activation=relu", "model.activation='relu' is not allowed; choose one of: my_hard_sig"),
+])
+def test_added_keys_and_constructor_errors_are_one_line_before_anything_runs(override, message, tmp_path):
+    proc = run_cli(override, tmp_path=tmp_path)
+    assert_one_line_error(proc, message)
+    assert not list(tmp_path.glob("out/*/*/config.yaml"))  # validated before the run wrote its config

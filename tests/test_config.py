@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -17,37 +16,37 @@ from seqep import tasks
 from seqep.config import check_group_options, validate
 from seqep.errors import SeqepError
 
+from conftest import compose_cfg
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NLI_LRS = "optimizer.lrs=[1e-3,1e-3,1e-3,1e-3,1e-3,1e-3]"
-
-
-def compose_cfg(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="test"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def test_default_config_is_spec_default_model():
     cfg = compose_cfg()
     validate(cfg)
     assert (cfg.task, cfg.seed, cfg.device, cfg.dtype) == ("train", 0, "auto", "float32")
-    assert cfg.dataset.name == "rt_snippets" and cfg.dataset.batch_size == 64 and cfg.dataset.kind == "sentiment"
-    assert cfg.model.kind == "sentiment" and list(cfg.model.fc) == [128, 2]
-    assert cfg.model.activation == "my_hard_sig" and cfg.model.attn_scale is None
+    assert cfg.dataset._target_ == "seqep.data.RtSnippets" and cfg.dataset.batch_size == 64
+    assert cfg.model._target_ == "seqep.network.HopfieldEPNet" and cfg.model.kind == "sentiment"
+    assert list(cfg.model.fc) == [128, 2] and cfg.model.activation == "my_hard_sig" and cfg.model.attn_scale is None
     a = cfg.algorithm
-    assert (a.name, a.variant, a.T, a.K, list(a.betas)) == ("ep", "symmetric", 20, 8, [0.0, 0.1])
-    assert cfg.optimizer.name == "adam" and list(cfg.optimizer.lrs) == [1e-3] * 3 and cfg.optimizer.eps == 1e-8
-    assert (cfg.scheduler.name, cfg.scheduler.T_max, cfg.scheduler.eta_min) == ("cosine", 100, 1e-5)
-    assert cfg.logger.name == "wandb" and cfg.name == "ep_rt_snippets"
+    assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 20, 8, [0.0, 0.1])
+    o = cfg.optimizer
+    assert (o._target_, o._partial_, o.lrs, o.lr, o.eps, o.fused) == ("torch.optim.Adam", True, None, 1e-3, 1e-8, True)
+    s = cfg.scheduler
+    assert (s._target_, s.interval, s.T_max, s.eta_min) == ("torch.optim.lr_scheduler.CosineAnnealingLR", "epoch",
+                                                            100, 1e-5)
+    assert list(cfg.logger) == ["wandb"] and cfg.name == "ep_rt_snippets"
     assert cfg.checkpoint.load is None and cfg.trainer.limit_train_batches is None
 
 
 # one composition per option file; companions make the combination valid (an NLI model needs 6 lrs)
 OPTIONS = {
     "dataset=rt_snippets": [], "dataset=imdb": [], "dataset=synth_sentiment": [],
-    "dataset=snli": ["model=nli", NLI_LRS], "dataset=synth_nli": ["model=nli", NLI_LRS],
-    "model=sentiment": [], "model=nli": ["dataset=synth_nli", NLI_LRS],
-    "algorithm=ep": [], "algorithm=bptt": [], "optimizer=adam": [], "optimizer=sgd": [],
-    "scheduler=cosine": [], "scheduler=none": [],
+    "dataset=snli": ["model=nli"], "dataset=synth_nli": ["model=nli", NLI_LRS],
+    "model=sentiment": [], "model=nli": ["dataset=synth_nli"],
+    "algorithm=ep": [], "algorithm=bptt": [], "optimizer=adam": [], "optimizer=adamw": [], "optimizer=sgd": [],
+    "scheduler=cosine": [], "scheduler=warmup_cosine": [], "scheduler=none": [],
     "logger=wandb": [], "logger=tensorboard": [], "logger=none": [],
     "launcher=none": [], "launcher=local_parallel": [], "launcher=slurm": [], "launcher=slurm_local": [],
     "experiment=paper_imdb": [], "experiment=paper_snli": [], "experiment=quick_bptt": [],
@@ -78,10 +77,11 @@ def test_paper_snli_reproduces_the_readme_command():
     assert cfg.model.kind == "nli" and list(cfg.model.fc) == [400, 3] and cfg.model.activation == "my_hard_sig"
     assert cfg.model.attn_scale == 0.16 and cfg.model.mask_padding is False
     assert list(cfg.optimizer.lrs) == [0.0005, 0.0005, 0.0005, 0.0005, 0.0002, 0.0002]
-    assert cfg.optimizer.name == "adam" and cfg.optimizer.eps == 1e-8
-    assert (cfg.scheduler.name, cfg.scheduler.T_max, cfg.scheduler.eta_min) == ("cosine", 100, 1e-5)
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.eps == 1e-8
+    assert (cfg.scheduler._target_, cfg.scheduler.interval, cfg.scheduler.T_max, cfg.scheduler.eta_min) == (
+        "torch.optim.lr_scheduler.CosineAnnealingLR", "epoch", 100, 1e-5)
     a = cfg.algorithm
-    assert (a.name, a.variant, a.T, a.K, list(a.betas)) == ("ep", "symmetric", 60, 30, [0.0, 0.5])
+    assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 60, 30, [0.0, 0.5])
     assert cfg.trainer.epochs == 50 and cfg.trainer.limit_train_batches is None
     assert "GoogleNews" in cfg.dataset.vectors
 
@@ -95,9 +95,10 @@ def test_paper_imdb_reproduces_the_readme_command():
     assert cfg.model.kind == "sentiment" and list(cfg.model.fc) == [1000, 40, 2]
     assert cfg.model.activation == "my_hard_sig" and cfg.model.attn_scale is None  # None = 1/sqrt(d)
     assert list(cfg.optimizer.lrs) == [0.0001, 0.00005, 0.00005, 0.00005]
-    assert (cfg.scheduler.name, cfg.scheduler.T_max, cfg.scheduler.eta_min) == ("cosine", 100, 1e-5)
+    assert (cfg.scheduler._target_, cfg.scheduler.T_max, cfg.scheduler.eta_min) == (
+        "torch.optim.lr_scheduler.CosineAnnealingLR", 100, 1e-5)
     a = cfg.algorithm
-    assert (a.name, a.variant, a.T, a.K, list(a.betas)) == ("ep", "symmetric", 50, 25, [0.0, 0.1])
+    assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 50, 25, [0.0, 0.1])
     assert cfg.trainer.epochs == 50
     assert "GoogleNews" in cfg.dataset.vectors
 
@@ -136,11 +137,15 @@ def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
     (["model=nli"], "model.kind='nli' does not fit dataset 'rt_snippets' of kind 'sentiment': use model=sentiment"),
     (["algorithm.betas=[0.1]"], "algorithm.betas=[0.1] must be two values"),
     (["algorithm.betas=[0.0,0.0]"], "EP needs a non-zero nudge"),
-    (["algorithm=bptt", "algorithm.K=30"], "algorithm.K=30 > algorithm.T=20"),
+    (["algorithm=bptt", "algorithm.K=30"], "algorithm.K=30 > T=20: truncated BPTT"),
     (["algorithm.T=0"], "algorithm.T=0 must be > 0"),
     (["task=test"], "task=test needs a checkpoint: checkpoint.load="),
     (["logger.wandb.mode=maybe"], "logger.wandb.mode='maybe' is not allowed"),
-    (["scheduler.name=step"], "scheduler.name='step' is not allowed; choose one of: cosine, none"),
+    (["scheduler.interval=batch"], "scheduler.interval='batch' is not allowed; choose one of: epoch, step"),
+    (["+algorithm.TT=3"], "algorithm.TT is not a key of seqep.estimators.EP"),
+    (["+optimizer.nesterov_=1"], "optimizer.nesterov_ is not a key of torch.optim.Adam"),
+    (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer (torch.optim.SGD): Invalid momentum value: -1"),
+    (["scheduler=warmup_cosine", "scheduler.total_steps=5"], "scheduler.total_steps=5 must be > warmup_steps"),
 ])
 def test_validate_names_the_key_in_one_line(overrides, message):
     with pytest.raises(SeqepError) as info:

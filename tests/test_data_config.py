@@ -1,4 +1,4 @@
-"""Dataset configs: every conf/dataset/*.yaml composes against its schema, typos fail, load_dataset's inputs."""
+"""Dataset options: each conf/dataset/*.yaml builds its class, keys come from the class's fields, typos fail."""
 
 import dataclasses
 from pathlib import Path
@@ -6,41 +6,32 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from hydra.utils import get_object
 
-from seqep.data import DataError, load_dataset, register_dataset_configs
-from seqep.data.schema import SCHEMAS, SynthSentimentConfig
+import seqep.config  # noqa: F401  (registers the schemas)
+from seqep.data import DataError, Dataset, SynthSentiment, load_dataset
+from seqep.errors import SeqepError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-PRIMARY = "_data_test_primary"
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
 
 
 def _compose(*overrides):
-    cs = ConfigStore.instance()
-    register_dataset_configs(cs)
-    cs.store(name=PRIMARY, node={"defaults": [{"dataset": "rt_snippets"}, "_self_"]})
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(PRIMARY, overrides=list(overrides)).dataset
+        return compose("config", overrides=list(overrides)).dataset
 
 
-def test_every_schema_has_a_yaml_that_sets_every_key():
-    assert {p.stem for p in (CONF / "dataset").glob("*.yaml")} == set(SCHEMAS)
-    for name, schema in SCHEMAS.items():
-        text = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text())
-        assert text["defaults"] == [f"{name}_schema", "_self_"]
-        assert set(text) - {"defaults"} == {f.name for f in dataclasses.fields(schema)}, name
-
-
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
-def test_each_dataset_composes(name):
+@pytest.mark.parametrize("name", DATASETS)
+def test_each_yaml_names_its_class_and_repeats_no_default(name):
+    text = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text())
+    assert text["defaults"] == [f"{name}_schema", "_self_"]
+    assert set(text) == {"defaults", "_target_"}  # every default lives in the class
+    cls = get_object(text["_target_"])
+    assert issubclass(cls, Dataset) and cls().name == name
     cfg = _compose(f"dataset={name}")
-    assert cfg.name == name and cfg.kind in ("sentiment", "nli")
-    for key in ("seq_len", "batch_size", "eval_batch_size", "root", "n_classes"):
-        assert key in cfg
-    assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(
-        OmegaConf.structured(SCHEMAS[name]), resolve=True)  # the YAML repeats the schema's defaults
+    assert {f.name for f in dataclasses.fields(cls)} | {"_target_"} == set(cfg)
+    assert cls.kind in ("sentiment", "nli") and cls.n_classes in (2, 3)
 
 
 def test_paper_presets():
@@ -51,7 +42,7 @@ def test_paper_presets():
 
 
 @pytest.mark.parametrize("override", ["dataset.seq_lenn=3", "dataset.seq_len=abc",
-                                      "dataset.verify_sha256=maybe"])
+                                      "dataset.verify_sha256=maybe", "dataset.kind=nli"])
 def test_typos_and_wrong_types_fail_at_compose_time(override):
     with pytest.raises(ConfigCompositionException):
         _compose(override)
@@ -60,26 +51,26 @@ def test_typos_and_wrong_types_fail_at_compose_time(override):
 def test_root_defaults_to_env_or_data(monkeypatch):
     monkeypatch.delenv("SEQEP_DATA", raising=False)
     assert _compose().root == "data"
+    assert SynthSentiment().root == "data"
     monkeypatch.setenv("SEQEP_DATA", "/srv/seqep-data")
     assert _compose().root == "/srv/seqep-data"
+    assert SynthSentiment().root == "/srv/seqep-data"
 
 
-def test_load_dataset_accepts_composed_dataclass_and_dict(tmp_path):
+def test_load_dataset_accepts_composed_node_object_and_dict(tmp_path):
     composed = load_dataset(_compose("dataset=synth_sentiment", "dataset.n_train=10", f"dataset.root={tmp_path}"))
-    from_dataclass = load_dataset(SynthSentimentConfig(n_train=10))
-    from_dict = load_dataset({"name": "synth_sentiment", "n_train": 10})
-    assert len(composed.train) == len(from_dataclass.train) == len(from_dict.train) == 10
+    from_object = SynthSentiment(n_train=10).load()
+    from_dict = load_dataset({"_target_": "seqep.data.SynthSentiment", "n_train": 10})
+    assert len(composed.train) == len(from_object.train) == len(from_dict.train) == 10
     assert (composed.train.ids == from_dict.train.ids).all()
 
 
-def test_unknown_name_and_fixed_class_count():
-    with pytest.raises(DataError, match="unknown dataset.name='mnist'; available: rt_snippets, imdb, snli"):
-        load_dataset({"name": "mnist"})
-    with pytest.raises(DataError, match="dataset.n_classes=5 but synth_nli has n_classes 3"):
-        load_dataset({"name": "synth_nli", "n_classes": 5})
-    with pytest.raises(DataError, match="dataset.kind=nli but imdb has kind sentiment"):
-        load_dataset({"name": "imdb", "kind": "nli"})
+def test_values_no_loader_can_honour():
+    with pytest.raises(SeqepError, match="dataset.seq_len=0 must be >= 1"):
+        load_dataset({"_target_": "seqep.data.SynthSentiment", "seq_len": 0})
+    with pytest.raises(SeqepError, match=r"fractions \[0.5, 0.5\]"):
+        load_dataset({"_target_": "seqep.data.RtSnippets", "val_fraction": 0.5, "test_fraction": 0.5})
     with pytest.raises(DataError, match="seq_len=0 must be >= 1"):
-        load_dataset({"name": "synth_sentiment", "seq_len": 0})
-    with pytest.raises(DataError, match=r"fractions \[0.5, 0.5\]"):
-        load_dataset({"name": "rt_snippets", "val_fraction": 0.5, "test_fraction": 0.5})
+        SynthSentiment(seq_len=0)
+    with pytest.raises(SeqepError, match="dataset.n_classes"):
+        load_dataset({"_target_": "seqep.data.SynthNli", "n_classes": 5})

@@ -20,7 +20,8 @@ def _cfg(root, **kw):
     vectors = root / "GoogleNews-vectors-negative300.bin.gz"
     if not vectors.exists():
         write_word2vec_binary(vectors, WORDS, fixture_vectors())
-    return {"name": "imdb", "root": str(root), "vectors": vectors.name, "seq_len": 6, "val_fraction": 0.34, **kw}
+    return {"_target_": "seqep.data.Imdb", "root": str(root), "vectors": vectors.name, "seq_len": 6,
+            "val_fraction": 0.34, **kw}
 
 
 def _rows(b, split):

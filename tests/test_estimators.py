@@ -4,9 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqep.estimators import BPTT, EP, build_estimator, grads_by_name, mse_loss
+from seqep.errors import SeqepError
+from seqep.estimators import BPTT, EP, grads_by_name, mse_loss
 from seqep.network import one_hot
 from seqep.relax import relax
+from seqep.training.builders import build_estimator
 
 from small_models import small_input, small_net
 
@@ -146,12 +148,23 @@ def test_estimators_agree_across_field_modes(field_mode):
 
 
 def test_build_estimator_from_config_and_bad_values():
-    est = build_estimator({"name": "ep", "T": 20, "K": 8, "betas": [0.0, 0.1], "variant": "positive"})
-    assert isinstance(est, EP) and est.variant == "positive" and est.beta == 0.1
-    assert isinstance(build_estimator({"name": "bptt", "T": 20, "K": 8, "truncate": "full"}), BPTT)
-    with pytest.raises(ValueError, match="variant"):
-        build_estimator({"name": "ep", "T": 20, "K": 8, "betas": [0.0, 0.1], "variant": "cep"})
-    with pytest.raises(ValueError, match="truncate"):
-        build_estimator({"name": "bptt", "T": 20, "K": 8, "truncate": "half"})
-    with pytest.raises(ValueError, match="non-zero"):
-        build_estimator({"name": "ep", "T": 20, "K": 8, "betas": [0.0, 0.0]})
+    est = build_estimator({"_target_": "seqep.estimators.EP", "T": 20, "K": 8, "variant": "positive"})
+    assert isinstance(est, EP) and est.variant == "positive" and est.beta == 0.1  # betas from EP's signature
+    assert est.describe() == "EP positive T=20 K=8 betas=[0.0, 0.1]"
+    full = build_estimator({"_target_": "seqep.estimators.BPTT", "T": 20, "K": 8, "truncate": "full"})
+    assert isinstance(full, BPTT) and full.describe() == "BPTT full T=20 K=8"
+    with pytest.raises(SeqepError, match=r"^algorithm.variant='cep' is not allowed; choose one of: symmetric, "):
+        build_estimator({"_target_": "seqep.estimators.EP", "variant": "cep"})
+    with pytest.raises(SeqepError, match=r"^algorithm.truncate='half' is not allowed"):
+        build_estimator({"_target_": "seqep.estimators.BPTT", "truncate": "half"})
+    with pytest.raises(SeqepError, match="non-zero"):
+        build_estimator({"_target_": "seqep.estimators.EP", "betas": [0.0, 0.0]})
+    with pytest.raises(SeqepError, match=r"^algorithm.TT is not a key of seqep.estimators.EP"):
+        build_estimator({"_target_": "seqep.estimators.EP", "TT": 3})
+
+
+def test_a_subclass_describes_itself():
+    class Halved(EP):
+        pass
+
+    assert Halved(T=5, K=2).describe() == "Halved symmetric T=5 K=2 betas=[0.0, 0.1]"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from seqep.relax import relax
 from seqep.tasks.gdu import (
     bptt_steps,
     bptt_steps_reference,
@@ -24,7 +25,6 @@ from seqep.tasks.gdu import (
     state_names,
 )
 from seqep.tasks.gdu.report import sweep_frame, sweep_slopes
-from seqep.relax import relax
 
 from small_models import small_input, small_net
 

@@ -6,14 +6,14 @@ import csv
 import importlib.util
 import math
 import re
-import types
 from pathlib import Path
 
 import pytest
 
 import seqep.diagnostics
-from seqep.training import trainer as train
 from seqep.plots import DASHBOARD, Panel, plot_run_summary
+from seqep.tasks import train
+from seqep.training.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ["synapses.0.weight", "synapses.1.weight", "synapses.1.bias", "synapses.2.weight", "synapses.2.bias"]
@@ -109,16 +109,10 @@ def test_summary_figure_without_diagnostics_or_without_rows(tmp_path):
     assert is_png(plot_run_summary([], tmp_path / "empty.png"), 50_000)
 
 
-def test_plot_writes_both_figures_and_logs_them_to_an_active_wandb_run(tmp_path, monkeypatch):
-    """train._plot: a failing figure only warns; the drawn ones go to W&B when a run is active."""
-    logged = []
-
-    def fake_image(path):
-        return ("image", Path(path).name)
-
-    fake_wandb = types.SimpleNamespace(run=types.SimpleNamespace(log=logged.append), Image=fake_image)
-    monkeypatch.setitem(__import__("sys").modules, "wandb", fake_wandb)
-
+@pytest.mark.figures
+def test_plot_writes_both_figures_and_the_tracker_logs_them(tmp_path, monkeypatch):
+    """train._plot: a failing figure only warns and the drawn ones are returned; the tracker hands them to every
+    logger, and a logger that fails to take them only warns."""
     def draw(rows, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"png")
@@ -129,13 +123,28 @@ def test_plot_writes_both_figures_and_logs_them_to_an_active_wandb_run(tmp_path,
 
     monkeypatch.setattr("seqep.plots.plot_learning_curves", draw)
     monkeypatch.setattr("seqep.plots.plot_run_summary", broken)
-    train._plot([{"epoch": 1}], tmp_path)
-    assert logged == [{"plots/learning_curves": ("image", "learning_curves.png")}]
+    drawn = train._plot([{"epoch": 1}], tmp_path)
+    assert drawn == {"plots/learning_curves": tmp_path / "plots" / "learning_curves.png"}
 
-    monkeypatch.setattr("seqep.plots.plot_run_summary", draw)
-    fake_wandb.run = None  # no active run (logger=none or tensorboard): nothing logged, no error
-    train._plot([{"epoch": 1}], tmp_path)
-    assert len(logged) == 1 and (tmp_path / "plots" / "summary.png").is_file()
+    class Recorder:
+        def __init__(self, fail=False):
+            self.images, self.fail = [], fail
+
+        def start(self, run):
+            pass
+
+        def log_images(self, images, step):
+            if self.fail:
+                raise RuntimeError("no images here")
+            self.images.append((dict(images), step))
+
+        def finish(self, exit_code=0):
+            pass
+
+    good, bad = Recorder(), Recorder(fail=True)
+    with Tracker(tmp_path, {"bad": bad, "good": good}) as tracker:
+        tracker.log_images(drawn)
+    assert good.images == [(drawn, 0)]
 
 
 # ------------------------------------------------------------------------------------------ the dashboard

@@ -13,10 +13,10 @@ import yaml
 
 from seqep.sweep import RESULTS_CSV, RESULTS_PNG, aggregate, collect, swept_keys
 
+from conftest import TINY as SHARED_TINY
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synth_sentiment", "dataset.n_train=128", "dataset.n_val=64", "dataset.n_test=64",
-        "dataset.seq_len=16", "model.fc=[16,2]", "trainer.epochs=1", "trainer.limit_train_batches=2",
-        "trainer.limit_eval_batches=1", "trainer.progress=false", "trainer.probe_every=0"]
+TINY = [*SHARED_TINY, "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_eval_batches=1"]
 
 
 def _fake_job(sweep: Path, num: int, overrides: list[str], summary: dict) -> None:

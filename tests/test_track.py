@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from seqep.errors import SeqepError
 from seqep.tasks import dispatch
-from seqep.training.tracking import Tracker, logger_backend, resolved_config
+from seqep.training.tracking import TensorBoardLogger, Tracker, WandbLogger, resolved_config
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg, read_csv, skip_plots  # noqa: E402, F401  (skip_plots: autouse fixture)
+from conftest import make_cfg, read_csv
 
 
 def inspect_wandb(run_dir: Path) -> dict:
@@ -67,7 +65,7 @@ def test_wandb_run_is_marked_failed_on_a_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = make_cfg(tmp_path, "logger=wandb", "logger.wandb.mode=offline")
     with pytest.raises(RuntimeError, match="boom"):
-        with Tracker(cfg, tmp_path) as tracker:
+        with Tracker.from_config(cfg, tmp_path) as tracker:
             tracker.log_epoch(1, {"train/loss": 0.5})
             raise RuntimeError("boom")
     logged = inspect_wandb(tmp_path)
@@ -76,8 +74,7 @@ def test_wandb_run_is_marked_failed_on_a_crash(tmp_path, monkeypatch):
 
 
 def test_csv_takes_new_metric_names_in_any_epoch(tmp_path):
-    cfg = OmegaConf.create({"logger": {"name": "none"}})
-    with Tracker(cfg, tmp_path) as tracker:
+    with Tracker(tmp_path) as tracker:
         tracker.log_epoch(1, {"train/loss": 1.0})
         tracker.log_epoch(2, {"train/loss": 0.5, "relax/free/max_change": 0.02, "ep/cos/synapses.0.weight": 0.9})
         tracker.log_batch(step=7, metrics={"train/loss": 0.7}, epoch=2)
@@ -91,8 +88,7 @@ def test_csv_takes_new_metric_names_in_any_epoch(tmp_path):
 
 
 def test_tensorboard_backend_writes_event_files(tmp_path):
-    cfg = OmegaConf.create({"logger": {"name": "tensorboard"}})
-    with Tracker(cfg, tmp_path) as tracker:
+    with Tracker(tmp_path, {"tensorboard": TensorBoardLogger()}) as tracker:
         tracker.log_epoch(1, {"train/loss": 1.0, "val/acc": 0.6})
         tracker.log_summary({"test/acc": 0.7})
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -103,10 +99,27 @@ def test_tensorboard_backend_writes_event_files(tmp_path):
     assert events.Scalars("val/acc")[0].value == pytest.approx(0.6)
 
 
-def test_logger_choice_and_resolved_config():
-    assert logger_backend(OmegaConf.create({"logger": {"name": "none"}})) == "none"
-    assert logger_backend(OmegaConf.create({"logger": {"wandb": {"mode": "offline"}}})) == "wandb"
-    with pytest.raises(SeqepError, match="not a logger"):
-        logger_backend(OmegaConf.create({"logger": {"name": "mlflow"}}))
+def test_logger_options_and_resolved_config(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert WandbLogger().mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert WandbLogger().mode == "disabled" and WandbLogger(mode="online").mode == "online"  # explicit mode wins
+    with pytest.raises(ValueError, match="mode='maybe' is not allowed; choose one of: offline, online, disabled"):
+        WandbLogger(mode="maybe")
     cfg = OmegaConf.create({"a": 1, "b": "${a}", "hydra": {"x": 1}})
     assert resolved_config(cfg) == {"a": 1, "b": 1}
+
+
+def test_two_loggers_at_once(tmp_path, monkeypatch):
+    """logger=[wandb,tensorboard]: both get every epoch."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    dispatch(make_cfg(run, "logger=[wandb,tensorboard]", "logger.wandb.mode=offline", "trainer.epochs=1"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = inspect_wandb(run)
+    acc = float(read_csv(run / "metrics.csv")[0]["val/acc"])
+    assert events.Scalars("val/acc")[0].value == pytest.approx(acc)
+    assert logged["history"][0]["val/acc"] == pytest.approx(acc)

@@ -2,54 +2,26 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-import seqep.config  # noqa: F401  (registers the schemas in ConfigStore)
-from seqep.training import checkpoint as ckpt
-from seqep.training import trainer as train
 from seqep.errors import SeqepError
-from seqep.tasks import dispatch
+from seqep.tasks import dispatch, train
+from seqep.training import checkpoint as ckpt
+from seqep.training.builders import build_dataset, build_model, build_optimizer
+from seqep.training.trainer import NonFiniteError, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# A few seconds per job: 96 training sequences of 8 tokens, 6 batches of 16, T=6, K=3.
-TINY = [
-    "dataset=synth_sentiment", "dataset.seq_len=8", "dataset.embed_dim=8", "dataset.vocab_size=50",
-    "dataset.n_train=96", "dataset.n_val=48", "dataset.n_test=48", "dataset.batch_size=16",
-    "dataset.eval_batch_size=48", "model.fc=[8,2]", "model.out_bias_init=0.5", "algorithm.T=6", "algorithm.K=3",
-    "optimizer.lrs=[0.01,0.01,0.01]", "logger=none", "trainer.progress=false", "trainer.probe_every=0",
-    "device=cpu",
-]
-
-
-@pytest.fixture(autouse=True)
-def skip_plots(request, monkeypatch):
-    """Figures cost ~1 s of matplotlib per run; only the run-directory test draws them."""
-    if request.node.name != "test_training_writes_the_run_directory":
-        monkeypatch.setattr(train, "_plot", lambda rows, run_dir: None)
-
-
-def make_cfg(run_dir: Path, *overrides: str):
-    """The composed config (as run.py would build it) with the tiny preset and a fixed run directory."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"paths.run_dir={run_dir}", *overrides])
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from conftest import make_cfg, read_csv  # noqa: E402
 
 
 def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
 
 
+@pytest.mark.figures
 def test_training_writes_the_run_directory(tmp_path):
     run = tmp_path / "run"
     summary = dispatch(make_cfg(run, "trainer.epochs=2", "trainer.log_every=2"))
@@ -77,14 +49,15 @@ def test_training_writes_the_run_directory(tmp_path):
 
 def test_best_checkpoint_is_chosen_on_validation_not_test(tmp_path, monkeypatch):
     """Scripted validation accuracies peak at epoch 2; test (evaluated once, at the end) uses those weights."""
-    real_evaluate = train.evaluate
+    real_evaluate = Trainer.evaluate
     val_script = iter([0.5, 0.9, 0.6])
     weights_after: list[dict] = []
     test_weights: list[dict] = []
 
-    def scripted(net, estimator, split, bundle, cfg, device, dtype, prefix):
-        metrics = real_evaluate(net, estimator, split, bundle, cfg, device, dtype, prefix)
-        snapshot = {k: v.clone() for k, v in net.state_dict().items()}
+    def scripted(self, split, prefix=None):
+        prefix = prefix or split
+        metrics = real_evaluate(self, split, prefix)
+        snapshot = {k: v.clone() for k, v in self.net.state_dict().items()}
         if prefix == "val":
             weights_after.append(snapshot)
             metrics["val/acc"] = next(val_script)
@@ -93,7 +66,7 @@ def test_best_checkpoint_is_chosen_on_validation_not_test(tmp_path, monkeypatch)
             test_weights.append(snapshot)
         return metrics
 
-    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(Trainer, "evaluate", scripted)
     run = tmp_path / "run"
     summary = dispatch(make_cfg(run, "trainer.epochs=3"))
     assert summary["best_epoch"] == 2 and summary["val/best_acc"] == 0.9
@@ -133,9 +106,13 @@ def test_resume_needs_a_full_checkpoint_of_the_same_optimizer(tmp_path):
     dispatch(make_cfg(first, "trainer.epochs=1"))
     with pytest.raises(SeqepError, match="not a full seqep training checkpoint"):
         dispatch(make_cfg(tmp_path / "again", f"checkpoint.resume={first / 'checkpoints' / 'best.pt'}"))
-    with pytest.raises(SeqepError, match="trained with optimizer=adam, this run has optimizer=sgd"):
+    with pytest.raises(SeqepError, match="trained with optimizer torch.optim.Adam, this run has optimizer "
+                                         "torch.optim.SGD"):
         dispatch(make_cfg(tmp_path / "sgd", f"checkpoint.resume={first}", "optimizer=sgd",
                           "optimizer.lrs=[0.01,0.01,0.01]"))
+    with pytest.raises(SeqepError, match="trained with scheduler torch.optim.lr_scheduler.CosineAnnealingLR, this "
+                                         "run has scheduler None"):
+        dispatch(make_cfg(tmp_path / "none", f"checkpoint.resume={first}", "scheduler=none"))
 
 
 class PoisonedEstimator:
@@ -156,10 +133,10 @@ class PoisonedEstimator:
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = train.make_estimator
-    monkeypatch.setattr(train, "make_estimator", lambda cfg, gen: PoisonedEstimator(real(cfg, gen), after=6 + 2))
+    real = train.build_estimator
+    monkeypatch.setattr(train, "build_estimator", lambda node, gen: PoisonedEstimator(real(node, gen), after=6 + 2))
     run = tmp_path / "run"
-    with pytest.raises(train.NonFiniteError) as err:
+    with pytest.raises(NonFiniteError) as err:
         dispatch(make_cfg(run, "trainer.epochs=3"))
     msg = str(err.value)
     assert "NaN or Inf" in msg and "epoch 2, batch 3" in msg and "last.pt (epoch 1)" in msg and "\n" not in msg
@@ -178,8 +155,14 @@ def test_task_test_evaluates_a_checkpoint(tmp_path):
     assert result["val/acc"] == summary["val/best_acc"]
 
 
+def _tiny_model(tmp_path):
+    cfg = make_cfg(tmp_path / "x")
+    data = build_dataset(cfg.dataset).load()
+    return cfg, build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim)
+
+
 def test_training_starts_from_old_code_weights(tmp_path):
-    net = train.make_model(make_cfg(tmp_path / "x"), _tiny_bundle(tmp_path))
+    _, net = _tiny_model(tmp_path)
     with torch.no_grad():
         net.synapses[2].bias.fill_(0.25)
     torch.save({"model_state_dict": net.state_dict(), "opt": {}, "train_acc": [], "test_acc": [], "best": 0.0,
@@ -188,18 +171,15 @@ def test_training_starts_from_old_code_weights(tmp_path):
     assert result["checkpoint_kind"] == "old-code checkpoint.tar" and result["checkpoint_epoch"] == 3
 
 
-def _tiny_bundle(tmp_path):
-    from seqep.data import load_dataset
-
-    return load_dataset(make_cfg(tmp_path / "x").dataset)
-
-
 def test_wrong_number_of_learning_rates(tmp_path):
-    cfg = make_cfg(tmp_path / "run")
-    net = train.make_model(cfg, _tiny_bundle(tmp_path))
+    cfg, net = _tiny_model(tmp_path)
     cfg.optimizer.lrs = [0.1, 0.1]
-    with pytest.raises(SeqepError, match=r"has 2 entries but the model has 3 synapses \(0: projection 8->8"):
-        train.make_optimizer(cfg, net)
+    with pytest.raises(SeqepError, match=r"^optimizer.lrs has 2 values but model 'sentiment' with fc=\[8, 2\] has 3 "
+                                         r"synapses: give one learning rate per synapse, projections first: "
+                                         r"\[proj, fc1, fc2\]"):
+        build_optimizer(cfg.optimizer, net)
+    cfg.optimizer.lrs = None  # every synapse at optimizer.lr
+    assert [g["lr"] for g in build_optimizer(cfg.optimizer, net).param_groups] == [cfg.optimizer.lr] * 3
 
 
 def test_checkpoint_state_round_trips_through_weights_only(tmp_path):
@@ -208,3 +188,42 @@ def test_checkpoint_state_round_trips_through_weights_only(tmp_path):
                       "optimizer.lrs=[0.01,0.01,0.01]"))
     state = ckpt.read_checkpoint(run / "checkpoints" / "last.pt")
     assert state["format"] == ckpt.FORMAT and state["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_adamw_and_a_per_batch_schedule_train_and_resume(tmp_path):
+    """optimizer=adamw and scheduler=warmup_cosine are YAML only; the schedule steps after every batch (6 per
+    epoch here) and resume continues it exactly."""
+    extra = ["optimizer=adamw", "scheduler=warmup_cosine", "scheduler.warmup_steps=4", "scheduler.total_steps=12"]
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    summary = dispatch(make_cfg(straight, "trainer.epochs=2", *extra))
+    assert summary["optimizer"] == "torch.optim.AdamW"
+    assert summary["scheduler"] == "seqep.training.schedules.WarmupCosine"
+    rows = read_csv(straight / "metrics.csv")
+    assert float(rows[0]["lr/0"]) == pytest.approx(0.01 / 5)  # the first batch's lr: 1/(warmup+1) of the base
+    state = final_state(straight)
+    assert state["scheduler"]["last_epoch"] == 12  # stepped once per batch
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)  # eta_min at total_steps
+    dispatch(make_cfg(first, "trainer.epochs=1", *extra))
+    dispatch(make_cfg(resumed, "trainer.epochs=2", f"checkpoint.resume={first}", *extra))
+    b = final_state(resumed)
+    for key in state["model_state_dict"]:
+        assert torch.equal(state["model_state_dict"][key], b["model_state_dict"][key]), key
+    assert state["scheduler"] == b["scheduler"]
+
+
+def test_checkpoints_from_before_the_target_configs_still_resume(tmp_path):
+    """last.pt files written when groups were `name: adam | cosine` resume with the matching classes only."""
+    first = tmp_path / "first"
+    dispatch(make_cfg(first, "trainer.epochs=1"))
+    path = first / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["optimizer"] = {"name": "adam", "lrs": [0.01] * 3, "eps": 1e-8, "weight_decay": 0.0,
+                                    "momentum": 0.0}
+    state["config"]["scheduler"] = {"name": "cosine", "T_max": 100, "eta_min": 1e-5}
+    state["config"]["algorithm"] = {"name": "ep", "T": 6, "K": 3, "betas": [0.0, 0.1], "variant": "symmetric",
+                                    "truncate": "last_k", "field_mode": "closed", "tol": None}
+    ckpt.save_checkpoint(path, state)
+    summary = dispatch(make_cfg(tmp_path / "resumed", "trainer.epochs=2", f"checkpoint.resume={first}"))
+    assert summary["epochs"] == 2 and summary["status"] == "completed"
+    with pytest.raises(SeqepError, match="trained with scheduler torch.optim.lr_scheduler.CosineAnnealingLR"):
+        dispatch(make_cfg(tmp_path / "other", "trainer.epochs=2", "scheduler=none", f"checkpoint.resume={first}"))

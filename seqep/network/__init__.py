@@ -1,8 +1,8 @@
 """The network: states, Φ, closed-form local fields and the update rule (SPEC.md §1-3), and the interface
 (`Network`) the relaxation, estimators, diagnostics and GDU check rely on."""
 
-from seqep.network.activations import ACTIVATION_FLOOR, ACTIVATIONS, get_activation
+from seqep.network.activations import ACTIVATION_RANGE, ACTIVATIONS, get_activation
 from seqep.network.model import HopfieldEPNet, one_hot
 from seqep.network.protocol import Network, States
 
-__all__ = ["ACTIVATIONS", "ACTIVATION_FLOOR", "HopfieldEPNet", "Network", "States", "get_activation", "one_hot"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_RANGE", "HopfieldEPNet", "Network", "States", "get_activation", "one_hot"]

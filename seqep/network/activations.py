@@ -27,9 +27,11 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
 }
 
-# Lower end of each activation's range: an output neuron "at the floor" is dead (SPEC.md §8, pitfall 2).
-ACTIVATION_FLOOR: dict[str, float] = {
-    "my_hard_sig": 0.0, "hard_sigmoid": 0.0, "my_sigmoid": 0.0, "sigmoid": 0.0, "tanh": -1.0,
+# (floor, ceiling) of each activation's range: an output neuron "at the floor" is dead (SPEC.md §8, pitfall 2);
+# diagnostics count units at either bound as saturated.
+ACTIVATION_RANGE: dict[str, tuple[float, float]] = {
+    "my_hard_sig": (0.0, 1.0), "hard_sigmoid": (0.0, 1.0), "my_sigmoid": (0.0, 1.0), "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
 }
 
 

@@ -1,5 +1,7 @@
 """What the rest of seqep calls on a network: `relax`, the estimators, diagnostics and the GDU check use only
-these members, so a second network type plugs in by providing them (and `nn.Module`'s parameters).
+these members, so a second network type plugs in by providing them (and `nn.Module`'s parameters). `relax` runs
+EP's phases through the allocation-free `seqep.phase.ClosedFormPhase` for `HopfieldEPNet` and through `step`
+for any other network.
 
 States are a list of tensors, one per state group, the output neurons last; `x` is the input batch.
 """
@@ -30,6 +32,9 @@ class Network(Protocol):
     def output(self, states: States) -> Tensor:
         """The output neurons `(B, n_classes)`."""
 
+    def layer_states(self, states: States) -> States:
+        """The states one tensor per layer, as the GDU check names them (`s1` [.. `s4`], `h1`, ..., `out`)."""
+
     def keys(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-batch constants of the dynamics that phases share (Hopfield keys and padding mask)."""
 
@@ -46,6 +51,9 @@ class Network(Protocol):
 
     def attention_scores(self, g_proj: Tensor, keys: Tensor, mask: Tensor | None) -> Tensor:
         """Scores of the projection blocks' retrieval (diagnostics: attention entropy)."""
+
+    def update(self, fields: States, keys: Tensor, mask: Tensor | None) -> States:
+        """The update rule applied to fields (the GDU check compares fields and states step by step)."""
 
     def step(self, x: Tensor, states: States, beta=0.0, target: Tensor | None = None,
              drive: Tensor | None = None, keys=None) -> States:

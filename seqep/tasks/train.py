@@ -19,10 +19,16 @@ from seqep.data import iterate_batches
 from seqep.diagnostics import Diagnostics
 from seqep.errors import SeqepError
 from seqep.training import checkpoint as ckpt
-from seqep.training.builders import (build_dataset, build_estimator, build_model, build_optimizer, build_scheduler,
-                                     describe, target_of)
+from seqep.training.builders import (
+    build_dataset,
+    build_estimator,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    describe,
+)
 from seqep.training.tracking import Tracker, resolved_config
-from seqep.training.trainer import Progress, Trainer
+from seqep.training.trainer import Feed, Progress, Saving, Trainer
 from seqep.utils import resolve_device, resolve_dtype
 
 
@@ -47,10 +53,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
                                            dtype=dtype))
     diagnostics = Diagnostics(estimator, every=t.diagnostics_every, tol=t.diagnostics_tol,
                               probe_every=t.probe_every, probe_batch=probe_batch)
-    return Trainer(t, net=net, estimator=estimator, optimizer=optimizer, schedule=schedule, data=data,
-                   batch_size=dataset.batch_size, eval_batch_size=dataset.eval_batch_size, device=device, dtype=dtype,
-                   generators=generators, run_dir=run_dir, config=resolved_config(cfg),
-                   save_every=cfg.checkpoint.save_every, diagnostics=diagnostics)
+    return Trainer(t, net, estimator, feed(dataset, data, device, dtype), optimizer=optimizer, schedule=schedule,
+                   diagnostics=diagnostics, saving=Saving(run_dir, resolved_config(cfg), cfg.checkpoint.save_every),
+                   generators=generators)
+
+
+def feed(dataset: Any, data: Any, device: torch.device, dtype: torch.dtype) -> Feed:
+    """The batches of a loaded dataset at the dataset's batch sizes (evaluation: `eval_batch_size` or the same)."""
+    return Feed(data, int(dataset.batch_size), int(dataset.eval_batch_size or dataset.batch_size), device, dtype)
 
 
 def job_type(cfg: DictConfig) -> str:
@@ -92,9 +102,9 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             "epochs": cfg.trainer.epochs,
             "time_s": time.time() - started,
             "time/epoch_s_mean": _mean(r.get("time/epoch_s") for r in tracker.rows[len(progress.history):]),
-            **algorithm_summary(estimator),
-            "optimizer": target_of(trainer.optimizer),
-            "scheduler": target_of(trainer.schedule.scheduler) if trainer.schedule is not None else None,
+            **algorithm_summary(cfg, estimator),
+            "optimizer": cfg.optimizer._target_,
+            "scheduler": cfg.scheduler._target_ if cfg.scheduler is not None else None,
             "seed": cfg.seed,
             "dataset": data.name,
             "model.fc": list(net.fc),
@@ -114,10 +124,11 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
-def algorithm_summary(estimator: Any) -> dict[str, Any]:
-    """The learning rule as summary.json records it: its own description, its class, and T, K, betas if it has them."""
+def algorithm_summary(cfg: DictConfig, estimator: Any) -> dict[str, Any]:
+    """The learning rule as summary.json records it: its own description, its `_target_`, and T, K, betas if it has
+    them."""
     betas = [estimator.beta_free, estimator.beta] if hasattr(estimator, "beta") else None
-    return {"algorithm": describe(estimator), "algorithm._target_": target_of(estimator),
+    return {"algorithm": describe(estimator), "algorithm._target_": cfg.algorithm._target_,
             "T": getattr(estimator, "T", None), "K": getattr(estimator, "K", None), "betas": betas}
 
 
@@ -133,13 +144,11 @@ def run_test(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     net = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim).to(device=device, dtype=dtype)
     meta = ckpt.load_weights(net, target)
     estimator = build_estimator(cfg.algorithm, torch.Generator().manual_seed(cfg.seed))
-    trainer = Trainer(cfg.trainer, net=net, estimator=estimator, optimizer=None, schedule=None, data=data,
-                      batch_size=dataset.batch_size, eval_batch_size=dataset.eval_batch_size, device=device,
-                      dtype=dtype, generators={}, run_dir=run_dir, config={}, save_every=1, diagnostics=None)
+    trainer = Trainer(cfg.trainer, net, estimator, feed(dataset, data, device, dtype))
     with Tracker.from_config(cfg, run_dir, job_type=job_type(cfg)) as tracker:
         metrics = {**trainer.evaluate("val"), **trainer.evaluate("test")}
         summary = {"status": "completed", **metrics, "checkpoint": meta["path"], "checkpoint_kind": meta["kind"],
-                   "checkpoint_epoch": meta.get("epoch"), **algorithm_summary(estimator), "dataset": data.name,
+                   "checkpoint_epoch": meta.get("epoch"), **algorithm_summary(cfg, estimator), "dataset": data.name,
                    "run_dir": str(run_dir)}
         write_json(run_dir / "summary.json", summary)
         tracker.log_summary(summary)

@@ -14,6 +14,7 @@ A constructor's `ValueError`/`TypeError` becomes one `SeqepError` line naming th
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +24,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from seqep.config import DEFAULT_INTERVAL, INTERVALS
 from seqep.errors import SeqepError
 from seqep.network import Network
-
-INTERVALS = ("epoch", "step")  # how often a schedule steps: once per epoch, or once per optimizer step (batch)
 
 
 def _node(node: Any, drop: tuple[str, ...] = ()) -> DictConfig:
@@ -56,6 +56,9 @@ def build(node: Any, key: str, *args: Any, drop: tuple[str, ...] = (), **kwargs:
 def _keyed(key: str, node: DictConfig, err: BaseException) -> str:
     """`variant='x' is not allowed` -> `algorithm.variant='x' is not allowed`; else `algorithm (target): ...`."""
     message = _one_line(err)
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if unexpected:
+        return f"{key}.{unexpected.group(1)} is not a key of {node.get('_target_')}"
     head = message.split("=", 1)[0].split(" ", 1)[0].split("[", 1)[0]
     if head in node and head != "_target_":
         return f"{key}.{message}"
@@ -124,7 +127,7 @@ def build_scheduler(node: Any, optimizer: torch.optim.Optimizer) -> Schedule | N
     if node is None:
         return None
     node = _node(node)
-    interval = node.get("interval", "epoch")
+    interval = node.get("interval", DEFAULT_INTERVAL)
     if interval not in INTERVALS:
         raise SeqepError(f"scheduler.interval={interval!r} is not allowed; choose one of: {', '.join(INTERVALS)}")
     factory = build(node, "scheduler", drop=("interval",), _partial_=True)
@@ -145,11 +148,6 @@ def build_loggers(node: Any) -> dict[str, Any]:
 def describe(obj: Any) -> str:
     """What an object says of itself (`describe()`), else its class name."""
     return obj.describe() if hasattr(obj, "describe") else type(obj).__name__
-
-
-def target_of(obj: Any) -> str:
-    """`module.Class` of an object, as a `_target_` would name it."""
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 # ------------------------------------------------------------------------------------------ before a run

@@ -73,28 +73,71 @@ def check_finite(epoch: int, batch: int, out, net: Network, last_good: str) -> N
                              f"last good checkpoint: {last_good}. Lower optimizer.lrs or algorithm.betas[1]")
 
 
-class Trainer:
-    """Owns the loop; the objects it drives are built by `seqep.training.builders` from the config."""
+@dataclass
+class Feed:
+    """The batches the trainer sees: a loaded dataset, its batch sizes, and where the batches go."""
 
-    def __init__(self, settings: Any, *, net: Network, estimator: Estimator, optimizer: torch.optim.Optimizer,
-                 schedule: Schedule | None, data: DataBundle, batch_size: int, eval_batch_size: int | None,
-                 device: torch.device, dtype: torch.dtype, generators: dict[str, torch.Generator], run_dir: Path,
-                 config: dict[str, Any], save_every: int, diagnostics: Diagnostics) -> None:
-        self.settings = settings  # TrainerConfig (seqep.config): epochs, limits, log_every, progress, ...
-        self.net, self.estimator, self.optimizer, self.schedule = net, estimator, optimizer, schedule
-        self.data, self.batch_size = data, int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.device, self.dtype, self.generators = device, dtype, generators
-        self.ckpt_dir = Path(run_dir) / ckpt.CKPT_DIR
-        self.config, self.save_every, self.diagnostics = config, max(1, int(save_every)), diagnostics
+    data: DataBundle
+    batch_size: int
+    eval_batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def train(self, generator: torch.Generator):
+        return iterate_batches(self.data.train, self.data.vectors, self.batch_size, shuffle=True,
+                               generator=generator, device=self.device, dtype=self.dtype)
+
+    def eval(self, split: str):
+        return iterate_batches(self.data.split(split), self.data.vectors, self.eval_batch_size, shuffle=False,
+                               device=self.device, dtype=self.dtype)
+
+
+@dataclass
+class Saving:
+    """Where and how often checkpoints are written, and the resolved config stored in them."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    every: int = 1  # epochs between last.pt writes (the last epoch is always written)
+
+    @property
+    def best(self) -> Path:
+        return Path(self.run_dir) / ckpt.CKPT_DIR / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return Path(self.run_dir) / ckpt.CKPT_DIR / "last.pt"
+
+
+class Trainer:
+    """Owns the loop; the objects it drives are built by `seqep.training.builders` from the config.
+
+    `settings`: the `trainer` section (`seqep.config.TrainerConfig`); `generators`: named seeded generators
+    (`data` = batch order, `estimator` = e.g. EP's random signs), saved in and restored from last.pt."""
+
+    def __init__(self, settings: Any, net: Network, estimator: Estimator, feed: Feed, *,
+                 optimizer: torch.optim.Optimizer | None = None, schedule: Schedule | None = None,
+                 diagnostics: Diagnostics | None = None, saving: Saving | None = None,
+                 generators: dict[str, torch.Generator] | None = None) -> None:
+        self.settings, self.net, self.estimator, self.feed = settings, net, estimator, feed
+        self.optimizer, self.schedule, self.diagnostics, self.saving = optimizer, schedule, diagnostics, saving
+        self.generators = generators or {}
+
+    @property
+    def data(self) -> DataBundle:
+        return self.feed.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.feed.device
 
     @property
     def best_path(self) -> Path:
-        return self.ckpt_dir / "best.pt"
+        return self.saving.best
 
     @property
     def last_path(self) -> Path:
-        return self.ckpt_dir / "last.pt"
+        return self.saving.last
 
     # ----------------------------------------------------------------------------------------- loops
     def fit(self, tracker: Tracker, progress: Progress) -> Progress:
@@ -115,9 +158,9 @@ class Trainer:
             if improved:
                 progress.best_acc, progress.best_epoch = val["val/acc"], epoch
                 ckpt.save_checkpoint(self.best_path, ckpt.weights_state(self.net, epoch, progress.best_acc,
-                                                                        self.config))
+                                                                        self.saving.config))
             progress.epoch = epoch
-            if epoch % self.save_every == 0 or epoch == epochs:
+            if epoch % max(1, self.saving.every) == 0 or epoch == epochs:
                 self.save_last(progress)
                 progress.last_good = f"{self.last_path} (epoch {epoch})"
             row = {**train, **val, **{f"lr/{i}": lr for i, lr in enumerate(lrs)},
@@ -131,12 +174,10 @@ class Trainer:
     def train_epoch(self, epoch: int, tracker: Tracker, last_good: str) -> dict[str, float]:
         s, net = self.settings, self.net
         limit = s.limit_train_batches
-        total = math.ceil(len(self.data.train) / self.batch_size)
+        total = math.ceil(len(self.data.train) / self.feed.batch_size)
         total = total if limit is None else min(total, int(limit))
-        batches = iterate_batches(self.data.train, self.data.vectors, self.batch_size, shuffle=True,
-                                  generator=self.generators["data"], device=self.device, dtype=self.dtype)
-        bar = tqdm(islice(batches, limit), total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-                   disable=not s.progress)
+        bar = tqdm(islice(self.feed.train(self.generators["data"]), limit), total=total, desc=f"epoch {epoch}",
+                   leave=False, dynamic_ncols=True, disable=not s.progress)
         loss = correct = ties = n = 0.0
         net.train()
         for i, (x, y) in enumerate(bar, start=1):
@@ -165,10 +206,8 @@ class Trainer:
     def evaluate(self, split: str, prefix: str | None = None) -> dict[str, float]:
         """Free phase on a split (no shuffling): `<prefix>/loss`, `<prefix>/acc`, `<prefix>/tie_rate`."""
         prefix = prefix or split
-        batches = iterate_batches(self.data.split(split), self.data.vectors, self.eval_batch_size, shuffle=False,
-                                  device=self.device, dtype=self.dtype)
         loss = correct = ties = n = 0.0
-        for x, y in islice(batches, self.settings.limit_eval_batches):
+        for x, y in islice(self.feed.eval(split), self.settings.limit_eval_batches):
             b_loss, b_correct, b_ties = batch_stats(self.estimator.predict(self.net, x), y)
             loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
         n = max(n, 1.0)
@@ -186,12 +225,13 @@ class Trainer:
         ckpt.save_checkpoint(self.last_path, ckpt.training_state(
             model=self.net, optimizer=self.optimizer, scheduler=scheduler, epoch=progress.epoch,
             best_val_acc=progress.best_acc, best_epoch=progress.best_epoch, generators=self.generators,
-            config=self.config))
+            config=self.saving.config))
 
     def resume(self, target: str) -> Progress:
         """Everything from a run dir's last.pt (or a given file): weights, optimizer, schedule, RNGs, best so far."""
         scheduler = self.schedule.scheduler if self.schedule is not None else None
-        state = ckpt.restore_training(target, self.net, self.optimizer, scheduler, self.generators, self.config)
+        state = ckpt.restore_training(target, self.net, self.optimizer, scheduler, self.generators,
+                                      self.saving.config)
         ckpt.carry_best(state["path"], self.best_path)
         epoch, best = int(state["epoch"]), state["best"]
         print(f"resumed from {state['path']} after epoch {epoch} (best val acc {best['val_acc']:.4f} at epoch "

@@ -8,7 +8,7 @@ the rule's β), `gdu.betas` (the β sweep), `gdu.n_examples`, `gdu.n_elements`, 
 
 Run directory:
     gdu_metrics.csv      one row per (variant, tensor): rmse, sign_agree_pct, rel_err, cos_cumulative,
-                         cos_step_mean, cos_step_min, cos_step_<t>, norms (definitions: seqep/gdu/metrics.py)
+                         cos_step_mean, cos_step_min, cos_step_<t>, norms (definitions: seqep/tasks/gdu/metrics.py)
     gdu_beta_sweep.csv   one row per (β, variant, parameter): rel_err
     plots/gdu_cumulative.png, plots/gdu_distance_ratio.png, plots/gdu_beta_sweep.png
 """
