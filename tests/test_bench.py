@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqep.config import SeqepConfig  # (also registers the schemas in ConfigStore)
 from seqep.errors import SeqepError
 from seqep.estimators import EP
 from seqep.network import one_hot
 from seqep.phase import ClosedFormPhase
 from seqep.relax import relax
 from seqep.tasks.bench import (
-    FALLBACK_OPTIMIZER,
     LR,
     SHAPES,
     PeakMemory,
@@ -77,8 +74,6 @@ def test_bench_builds_the_runs_optimizer_with_one_small_learning_rate():
     assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == len(net.synapses)
     assert all(group["lr"] == LR for group in opt.param_groups)
     json.dumps(st.optimizer)  # the memory probe's subprocess gets it as JSON
-    bare = OmegaConf.merge(OmegaConf.structured(SeqepConfig), {"device": "cpu"})  # no optimizer node
-    assert read_settings(bare)[0].optimizer == FALLBACK_OPTIMIZER
 
 
 def test_run_bench_rejects_unknown_shape_and_precision(tmp_path):

@@ -42,23 +42,17 @@ from seqep.tasks.bench.report import hardware, plot_memory, print_report, speedu
 from seqep.tasks.bench.shapes import OLD_CODE, SHAPES, Shape, drive_flops, step_flops, train_flops
 from seqep.utils import resolve_device, resolve_dtype
 
-__all__ = ["FALLBACK_OPTIMIZER", "LR", "PRECISIONS", "SHAPES", "PeakMemory", "Settings", "Shape", "drive_flops",
+__all__ = ["LR", "PRECISIONS", "SHAPES", "PeakMemory", "Settings", "Shape", "drive_flops",
            "matmul_ceiling", "measure", "read_settings", "run_bench", "step_flops", "train_flops"]
 
 PRECISIONS = ("float32", "tf32", "bf16")  # bench.precision: tf32 = CUDA matmuls in TF32, bf16 = model and data
 LR = 1e-5  # every synapse's learning rate in the bench: a small step, so repeats do not blow the weights up
-# the optimizer node where the config has none (a partial config built by hand); else the run's `optimizer`
-FALLBACK_OPTIMIZER = {"_target_": "torch.optim.Adam", "_partial_": True, "lrs": None, "lr": LR, "eps": 1e-8,
-                      "fused": True}
 
 
 def optimizer_node(cfg: DictConfig) -> dict[str, Any]:
     """The run's optimizer node as a plain dict, with `lr=LR` for every synapse (`lrs: null`: the bench shapes
-    have other synapse counts than the run's model); `FALLBACK_OPTIMIZER` where `cfg` has no `optimizer`."""
-    node = OmegaConf.select(cfg, "optimizer", default=None)
-    if node is None:
-        return dict(FALLBACK_OPTIMIZER)
-    return {**OmegaConf.to_container(node, resolve=True), "lrs": None, "lr": LR}
+    have other synapse counts than the run's model)."""
+    return {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lrs": None, "lr": LR}
 
 
 def read_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
