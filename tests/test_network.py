@@ -137,3 +137,14 @@ def test_tolerance_stops_early_and_reports_steps():
     assert res.steps < 500 and bool((res.max_change < 1e-9).all())
     short = relax(net, x, net.init_states(5), 2)
     assert short.steps == 2 and bool((short.max_change > 1e-6).any())
+
+
+def test_the_earlier_scripting_api_still_imports():
+    """Scripts written against the earlier README: `build_model` and `seqep.checkpoint` still work."""
+    from seqep.checkpoint import load_weights
+    from seqep.network import build_model
+    from seqep.training.checkpoint import load_weights as moved
+
+    assert load_weights is moved
+    net = build_model("nli", 3, 5, [4, 3])
+    assert isinstance(net, HopfieldEPNet) and net.attn_scale == pytest.approx(0.16)

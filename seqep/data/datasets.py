@@ -30,6 +30,7 @@ class Dataset:
 
     kind: ClassVar[str]
     n_classes: ClassVar[int]
+    reader: ClassVar[str]  # `module.function` that turns `settings()` into the DataBundle
     name: str = ""
     root: str = DEFAULT_ROOT  # data root (relative: to the current directory); cache in <root>/cache
     seq_len: int = 0  # L: tokens per sequence (per sentence for NLI)
@@ -51,7 +52,11 @@ class Dataset:
         return OmegaConf.create({**dataclasses.asdict(self), "kind": self.kind, "n_classes": self.n_classes})
 
     def load(self) -> DataBundle:
-        raise NotImplementedError
+        """Read (or generate) the data with the class's `reader`, a function of `settings()`; a dataset of one's own
+        may instead override `load` itself."""
+        from hydra.utils import get_object
+
+        return get_object(self.reader)(self.settings())
 
 
 @dataclass
@@ -72,16 +77,12 @@ class RtSnippets(TextDataset):
     kind: ClassVar[str] = "sentiment"
     seq_len: int = 48
     n_classes: ClassVar[int] = 2
+    reader: ClassVar[str] = "seqep.data.rt_snippets.load_rt_snippets"
     sdist: Optional[str] = None  # local vaderSentiment-3.3.2.tar.gz instead of `pip download`
     txt: Optional[str] = None  # local movieReviewSnippets_GroundTruth.txt instead of the sdist
     verify_sha256: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-
-    def load(self) -> DataBundle:
-        from seqep.data.rt_snippets import load_rt_snippets
-
-        return load_rt_snippets(self.settings())
 
 
 @dataclass
@@ -92,17 +93,13 @@ class Imdb(TextDataset):
     kind: ClassVar[str] = "sentiment"
     seq_len: int = 600
     n_classes: ClassVar[int] = 2
+    reader: ClassVar[str] = "seqep.data.imdb.load_imdb"
     batch_size: int = 100
     eval_batch_size: int = 250
     vectors: str = GOOGLE_NEWS
     path: Optional[str] = None  # aclImdb folder (or its parent), aclImdb_v1.tar.gz or imdb.npz
     word_index: Optional[str] = None  # imdb_word_index.json for imdb.npz (default: next to it)
     val_fraction: float = 0.1  # carved from the official train split with split_seed
-
-    def load(self) -> DataBundle:
-        from seqep.data.imdb import load_imdb
-
-        return load_imdb(self.settings())
 
 
 @dataclass
@@ -113,17 +110,13 @@ class Snli(TextDataset):
     kind: ClassVar[str] = "nli"
     seq_len: int = 25
     n_classes: ClassVar[int] = 3
+    reader: ClassVar[str] = "seqep.data.snli.load_snli"
     batch_size: int = 200
     eval_batch_size: int = 500
     vectors: str = GOOGLE_NEWS
     path: Optional[str] = None  # snli_1.0 folder (or its parent), snli_1.0.zip, or a folder of CSV files
     format: str = "auto"  # auto (jsonl, then txt, then csv) | jsonl | txt | csv
     val_fraction: float = 0.0  # 0: official dev split; > 0: carve validation from train instead
-
-    def load(self) -> DataBundle:
-        from seqep.data.snli import load_snli
-
-        return load_snli(self.settings())
 
 
 @dataclass
@@ -134,6 +127,7 @@ class SynthSentiment(Dataset):
     kind: ClassVar[str] = "sentiment"
     seq_len: int = 64
     n_classes: ClassVar[int] = 2
+    reader: ClassVar[str] = "seqep.data.synthetic.load_synth_sentiment"
     embed_dim: int = 50
     vocab_size: int = 1000  # filler words (random unit vectors), cue words excluded
     cue_words: int = 10  # cue words per class
@@ -144,11 +138,6 @@ class SynthSentiment(Dataset):
     n_val: int = 500
     n_test: int = 500
 
-    def load(self) -> DataBundle:
-        from seqep.data.synthetic import load_synth_sentiment
-
-        return load_synth_sentiment(self.settings())
-
 
 @dataclass
 class SynthNli(Dataset):
@@ -158,6 +147,7 @@ class SynthNli(Dataset):
     kind: ClassVar[str] = "nli"
     seq_len: int = 25
     n_classes: ClassVar[int] = 3
+    reader: ClassVar[str] = "seqep.data.synthetic.load_synth_nli"
     vectors: str = "glove-6b-50d"
     vectors_format: str = "auto"
     vocab_words: int = 2000  # content words taken from GloVe frequency ranks 100 onwards
@@ -169,8 +159,3 @@ class SynthNli(Dataset):
     n_train: int = 3000
     n_val: int = 600
     n_test: int = 600
-
-    def load(self) -> DataBundle:
-        from seqep.data.synthetic import load_synth_nli
-
-        return load_synth_nli(self.settings())

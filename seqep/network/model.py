@@ -229,3 +229,9 @@ class HopfieldEPNet(nn.Module):
             torch.mm(left.T, torch.cat([p_a + p_b, p_a - p_b]), out=weight)
             torch.sum(dh, 0, out=bias)
         return grads
+
+
+def build_model(kind: str, seq_len: int, embed_dim: int, fc: Sequence[int], activation: str = "my_hard_sig",
+                attn_scale: float | None = None, mask_padding: bool = False) -> HopfieldEPNet:
+    """`HopfieldEPNet(...)`, under the name the earlier scripting API used (kept so that its scripts still run)."""
+    return HopfieldEPNet(kind, seq_len, embed_dim, fc, activation, attn_scale, mask_padding)
