@@ -355,7 +355,11 @@ def check_group_options(overrides: list[str], conf_dir: str | Path = CONF_DIR) -
         if not key.isidentifier() or not group_dirs or any(c in value for c in "()[]{}$*'\"\\"):
             continue  # a key, hydra/..., a sweep function (glob, range), an interpolation or a quoted value
         options = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
+        if "null" in value.split(","):
+            instead = f"{key}=none" + (f" or ~{key}" if "none" in options else "") if "none" in options else f"~{key}"
+            raise SeqepError(f"{key}=null: Hydra cannot set a config group to null on the command line; use "
+                             f"{instead} to drop it")
         for choice in value.split(","):
-            if choice and choice != "null" and choice not in options and not choice.endswith("_schema"):
+            if choice and choice not in options and not choice.endswith("_schema"):
                 raise SeqepError(f"{key}={choice} is not an option of group '{key}'; choose one of: "
                                  f"{', '.join(options)} (files in {', '.join(str(d) for d in group_dirs)})")

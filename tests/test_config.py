@@ -159,12 +159,19 @@ def test_device_patterns(device):
     validate(compose_cfg(f"device={device}"))
 
 
+def test_a_group_set_to_null_says_what_to_write():
+    with pytest.raises(SeqepError, match=r"^scheduler=null: .* use scheduler=none or ~scheduler to drop it$"):
+        check_group_options(["scheduler=null"], CONF)
+    with pytest.raises(SeqepError, match=r"use ~experiment to drop it$"):
+        check_group_options(["experiment=null"], CONF)
+
+
 def test_unknown_group_option_is_one_line():
     with pytest.raises(SeqepError, match=r"^dataset=nope is not an option of group 'dataset'; choose one of: imdb, "):
         check_group_options(["dataset=nope"], CONF)
     with pytest.raises(SeqepError, match="algorithm=bpt is not an option"):
         check_group_options(["-m", "algorithm=ep,bpt"], CONF)
-    check_group_options(["-m", "dataset=imdb,snli", "algorithm.T=3", "hydra/launcher=joblib", "experiment=null",
+    check_group_options(["-m", "dataset=imdb,snli", "algorithm.T=3", "hydra/launcher=joblib",
                          "--cfg", "job", "model.fc=[1,2]", "+dataset.x=y"], CONF)
 
 

@@ -113,6 +113,9 @@ def test_resume_needs_a_full_checkpoint_of_the_same_optimizer(tmp_path):
     with pytest.raises(SeqepError, match="trained with scheduler torch.optim.lr_scheduler.CosineAnnealingLR, this "
                                          "run has scheduler None"):
         dispatch(make_cfg(tmp_path / "none", f"checkpoint.resume={first}", "scheduler=none"))
+    with pytest.raises(SeqepError, match=r"trained with optimizer.eps=1e-08, this run has optimizer.eps=0.001: a "
+                                         r"resume restores the saved optimizer state"):
+        dispatch(make_cfg(tmp_path / "eps", f"checkpoint.resume={first}", "optimizer.eps=1e-3"))
 
 
 class PoisonedEstimator:

@@ -293,10 +293,19 @@ def restore_training(target: str | os.PathLike, model: nn.Module, optimizer: tor
                          "run's checkpoints/last.pt, or start from its weights with checkpoint.load")
     load_weights(model, path)
     for group in ("optimizer", "scheduler"):
+        saved, current = (state.get("config") or {}).get(group), (config or {}).get(group)
         then, now = object_target(state.get("config"), group), object_target(config, group)
         if then != now:
             raise SeqepError(f"{path} was trained with {group} {then}, this run has {group} {now}: resume with "
                              f"the same {group} option, or start from its weights with checkpoint.load")
+        if isinstance(saved, dict) and isinstance(current, dict) and "_target_" in saved:
+            changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+            if changed:
+                k = changed[0]
+                raise SeqepError(f"{path} was trained with {group}.{k}={saved.get(k)}, this run has {group}.{k}="
+                                 f"{current.get(k)}: a resume restores the saved {group} state, so its settings "
+                                 f"must match; resume with the saved values, or start from its weights with "
+                                 f"checkpoint.load")
     try:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
