@@ -23,11 +23,11 @@ def fail(err: Exception) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
-    from seqep.tasks import dispatch
+def main(cfg: DictConfig):
+    from seqep.tasks import run_job
 
     try:
-        return dispatch(cfg)
+        return run_job(cfg)  # in a multirun a failing job is recorded and the others run (seqep.tasks.run_job)
     except (SeqepError, DataError) as err:
         fail(err)
 
@@ -40,3 +40,7 @@ if __name__ == "__main__":
         except SeqepError as err:
             fail(err)
     main()
+    from seqep.sweep import FAILED  # a multirun ends here: its table lists the failed jobs; then a non-zero exit
+
+    if FAILED:
+        sys.exit(1)

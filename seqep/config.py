@@ -118,6 +118,7 @@ class SeqepConfig:
     dtype: str = "float32"  # float32 | float64
     # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case)
     name: str = "${target_name:${algorithm._target_}}_${oc.select:dataset.name,${target_name:${dataset._target_}}}"
+    sweep_name: str = "sweep"  # a multirun's directory (<time>_<sweep_name>) and W&B group: the same for every job
     dataset: Any = MISSING  # the object groups: typed by each option's own schema
     model: Any = MISSING
     algorithm: Any = MISSING

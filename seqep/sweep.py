@@ -1,9 +1,13 @@
-"""Sweep results: one table and one figure per multirun.
+"""Sweep results: one table and one figure per multirun, failed jobs included.
 
 `AggregateSweep` is a Hydra callback (conf/config.yaml, `hydra.callbacks.aggregate_sweep`): when a multirun ends
-it reads every job's `summary.json` and `.hydra/overrides.yaml` and writes, in the sweep directory,
-    sweep_results.csv   one row per job: job number, run dir, the swept keys, every summary metric
-    sweep_results.png   accuracy against the swept keys (seaborn)
+it reads every job directory of the sweep (its `summary.json`, `config.yaml` and `.hydra/overrides.yaml`;
+`seqep.results`) and writes, in the sweep directory,
+    sweep_results.csv   one row per job: job, status, error, the overridden keys, every summary value, the config
+    sweep_summary.csv   one row per configuration, seeds as replicates: mean, std, n, 95 % interval
+    sweep_summary.md    the same as a markdown table (also printed)
+    sweep_results.png   the configurations' means with 95 % intervals, n in the labels
+then says how many jobs failed; run.py then exits with status 1 if any did.
 The same from a shell, e.g. after SLURM jobs finished on their own: `python -m seqep.sweep <sweep dir>`.
 """
 
@@ -20,12 +24,14 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from seqep import results
+
 log = logging.getLogger(__name__)
 
 RESULTS_CSV = "sweep_results.csv"
 RESULTS_PNG = "sweep_results.png"
-ACCURACY_KEYS = ("test/acc", "val/best_acc")  # plotted when present, in this order
-REPLICATE_KEYS = ("seed",)  # swept but not an axis: points show the mean, bars the min-max over them
+FILES = {"runs": RESULTS_CSV, "table": "sweep_summary.csv", "markdown": "sweep_summary.md", "figure": RESULTS_PNG}
+FAILED: list[str] = []  # jobs of the last aggregated sweep that did not complete (run.py's exit status)
 
 
 def _parse_override(text: str) -> tuple[str, Any] | None:
@@ -44,35 +50,26 @@ def _parse_override(text: str) -> tuple[str, Any] | None:
 
 
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job directory holding a summary.json: `job`, the job's overrides (one column per key), then
-    every summary value. `df.attrs["overrides"]` lists the override columns."""
+    """One row per job directory (`seqep.results.read_run`) plus one column per overridden key, with the keys in
+    `df.attrs["overrides"]` (command-line order)."""
     sweep_dir = Path(sweep_dir)
-    rows, override_keys = [], {}
-    for summary_path in sorted(sweep_dir.glob("**/summary.json")):
-        job_dir = summary_path.parent
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError as err:
-            log.warning("skipping %s: not valid JSON (%s)", summary_path, err)
-            continue
-        row: dict[str, Any] = {"job": job_dir.name}
-        overrides_path = job_dir / ".hydra" / "overrides.yaml"
-        if overrides_path.exists():
-            for text in yaml.safe_load(overrides_path.read_text()) or []:
-                parsed = _parse_override(str(text))
-                if parsed is not None:
-                    row[parsed[0]] = parsed[1]
-                    override_keys[parsed[0]] = None
-        for key, value in summary.items():
-            if key not in row:
-                row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
-        row.setdefault("run_dir", str(job_dir))
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        order = pd.to_numeric(df["job"], errors="coerce")
-        df = df.assign(_order=order).sort_values(["_order", "job"]).drop(columns="_order").reset_index(drop=True)
-    df.attrs["overrides"] = list(override_keys)
+    df = results.collect([sweep_dir]) if sweep_dir.is_dir() else pd.DataFrame()
+    keys: dict[str, None] = {}
+    columns: list[dict[str, Any]] = []
+    for run_dir in df.get("run_dir", []):
+        row = {}
+        for text in results._read_yaml(Path(run_dir) / ".hydra" / "overrides.yaml") or []:
+            parsed = _parse_override(str(text))
+            if parsed is not None:
+                row[parsed[0]] = parsed[1]
+                keys[parsed[0]] = None
+        columns.append(row)
+    if keys:
+        extra = pd.DataFrame(columns, index=df.index)
+        rest = df.drop(columns=["job", "status", *[k for k in keys if k in df.columns]])
+        df = pd.concat([df[["job", "status"]], extra[list(keys)], rest], axis=1)
+    df.attrs["overrides"] = list(keys)
+    df.attrs["axes"] = [k for k in swept_keys(df) if k not in results.REPLICATES]  # the table's configurations
     return df
 
 
@@ -81,67 +78,24 @@ def swept_keys(df: pd.DataFrame) -> list[str]:
     return [k for k in df.attrs.get("overrides", []) if k in df.columns and df[k].astype(str).nunique() > 1]
 
 
-def plot(df: pd.DataFrame, path: str | Path) -> Path | None:
-    """Accuracy (test and best validation, side by side) against the swept keys: x = first key, hue = second,
-    rows = the rest combined; swept seeds are replicates (mean, min-max bars). Returns the path, or None when
-    no job reported an accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" chatter
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    metrics = [k for k in ACCURACY_KEYS if k in df.columns and df[k].notna().any()]
-    if not metrics:
-        return None
-    swept = swept_keys(df)
-    keys = [k for k in swept if k not in REPLICATE_KEYS] or swept or ["job"]
-    per_run = keys[0] in REPLICATE_KEYS or keys[0] == "job"  # one point per run: no lines between them
-    data = df.melt(id_vars=[c for c in df.columns if c not in metrics], value_vars=metrics,
-                   var_name="metric", value_name="accuracy")
-    data = data.dropna(subset=["accuracy"])
-    x = keys[0]
-    hue = keys[1] if len(keys) > 1 else None
-    row = None
-    if len(keys) > 2:
-        row = " ".join(keys[2:])
-        data[row] = data[keys[2:]].astype(str).agg(", ".join, axis=1)
-    values = list(dict.fromkeys(data[x]))  # first-appearance order; numeric axes sorted numerically
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        values = sorted(values)
-    data[x] = data[x].astype(str)
-    if hue:
-        data[hue] = data[hue].astype(str)
-    sns.set_theme(style="whitegrid")
-    grid = sns.catplot(data=data, x=x, y="accuracy", hue=hue, col="metric", row=row, kind="point",
-                       order=[str(v) for v in values], height=3.2, aspect=1.4, dodge=0.2 if hue else False,
-                       sharey=False, errorbar=("pi", 100),  # several seeds per point: the min-max range
-                       linestyles="none" if per_run else "-")
-    grid.figure.suptitle(f"sweep: {Path(path).parent.name}  ({len(df)} jobs)", y=1.02)
-    path = Path(path)
-    grid.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(grid.figure)
-    return path
-
-
 def aggregate(sweep_dir: str | Path) -> pd.DataFrame:
-    """Write sweep_results.csv and sweep_results.png into `sweep_dir`; returns the table."""
+    """Write the sweep's tables and figure into `sweep_dir`; returns the per-job table. Sets `FAILED`."""
     sweep_dir = Path(sweep_dir)
     df = collect(sweep_dir)
+    FAILED.clear()
     if df.empty:
-        log.warning("no summary.json under %s: nothing to aggregate", sweep_dir)
+        log.warning("no job directories under %s: nothing to aggregate", sweep_dir)
         return df
-    df.to_csv(sweep_dir / RESULTS_CSV, index=False)
-    png = plot(df, sweep_dir / RESULTS_PNG)
-    shown = [c for c in ["job", *swept_keys(df), *ACCURACY_KEYS] if c in df.columns]
-    print(f"sweep results ({len(df)} jobs) -> {sweep_dir / RESULTS_CSV}" + (f", {png}" if png else ""))
-    print(df[shown].to_string(index=False))
+    results.report(df, sweep_dir, title=f"sweep {sweep_dir.name}", files=FILES)
+    FAILED.extend(df.loc[df["status"] != "completed", "job"].astype(str))
+    if FAILED:
+        print(f"{len(FAILED)} of {len(df)} jobs failed: {', '.join(FAILED)} (status and error in "
+              f"{sweep_dir / RESULTS_CSV})")
     return df
 
 
 class AggregateSweep(Callback):
-    """Hydra callback: aggregate a multirun's job summaries when the sweep ends."""
+    """Hydra callback: aggregate a multirun's jobs when the sweep ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -154,3 +108,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m seqep.sweep <sweep dir>")
     aggregate(sys.argv[1])
+    sys.exit(1 if FAILED else 0)

@@ -229,7 +229,7 @@ def test_slurm_launcher_reads_the_environment(monkeypatch, tmp_path):
     assert cli.partition == "debug"
     script = _sbatch_script(cli, tmp_path, monkeypatch)
     for line in ["#SBATCH --partition=debug", "#SBATCH --gpus-per-node=4", "#SBATCH --time=90",
-                 "#SBATCH --job-name=seqep_ep_rt_snippets", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB"]:
+                 "#SBATCH --job-name=seqep_sweep", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB"]:
         assert line in script
 
 

@@ -56,12 +56,12 @@ def test_aggregate_without_summaries_writes_nothing(tmp_path):
 
 # ------------------------------------------------------------------------------------------ real multiruns
 
-def run_cli(*args: str, tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, tmp_path: Path, timeout: int = 600, status: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"paths.output_root={tmp_path}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == status, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -83,7 +83,7 @@ def check_sweep(sweep: Path, expected: set[tuple], keys: list[str]) -> pd.DataFr
 
 @pytest.mark.slow
 def test_two_by_two_multirun_basic_launcher(tmp_path):
-    run_cli("-m", "algorithm.T=3,4", "algorithm.K=1,2", *TINY, "logger=wandb", "name=grid", tmp_path=tmp_path)
+    run_cli("-m", "algorithm.T=3,4", "algorithm.K=1,2", *TINY, "logger=wandb", "sweep_name=grid", tmp_path=tmp_path)
     sweep = sweep_dir_of(tmp_path)
     assert sweep.name.endswith("_grid")
     check_sweep(sweep, {(3, 1), (3, 2), (4, 1), (4, 2)}, ["algorithm.T", "algorithm.K"])
@@ -100,7 +100,7 @@ def test_sweep_group_with_joblib_launcher(tmp_path):
     run_cli("sweep=t_k", "launcher=local_parallel", "algorithm.T=3,4", "algorithm.K=2", *TINY, "logger=none",
             tmp_path=tmp_path)
     sweep = sweep_dir_of(tmp_path)
-    assert "_sweep_t_k" in sweep.name
+    assert sweep.name.endswith("_t_k")
     check_sweep(sweep, {(3, 2), (4, 2)}, ["algorithm.T", "algorithm.K"])
 
 
@@ -117,6 +117,63 @@ def test_slurm_local_launcher_runs_two_jobs(tmp_path):
     sweep = sweep_dir_of(tmp_path)
     check_sweep(sweep, {(1,), (2,)}, ["algorithm.K"])
     assert list((sweep / ".submitit").glob("*/*_log.out"))
+
+
+@pytest.mark.slow
+def test_readme_seeds_by_algorithms_sweep_is_one_directory(tmp_path):
+    """The README's `python run.py -m seed=0,1 algorithm=ep,bptt`, unpinned: the jobs' names differ (ep_..., bptt_...)
+    but they share one sweep directory, one multirun.yaml, one W&B group and one table of two configurations."""
+    run_cli("-m", "seed=0,1", "algorithm=ep,bptt", *TINY, "logger=wandb", tmp_path=tmp_path)
+    sweep = sweep_dir_of(tmp_path)  # exactly one
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
+    assert (sweep / "multirun.yaml").is_file() and len(list(tmp_path.rglob("multirun.yaml"))) == 1
+    groups = {yaml.safe_load((sweep / str(j) / "config.yaml").read_text())["logger"]["wandb"]["group"]
+              for j in range(4)}
+    assert groups == {f"{sweep.parent.name}_{sweep.name}"}
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    assert list(summary["configuration"]) == ["algorithm=ep", "algorithm=bptt"]
+    assert list(summary["test/acc n"]) == [2, 2] and summary["test/acc std"].notna().all()
+    runs = pd.read_csv(sweep / RESULTS_CSV)
+    ep = runs[runs["algorithm"] == "ep"]["test/acc"]
+    assert summary.loc[0, "test/acc mean"] == pytest.approx(ep.mean())
+    assert summary.loc[0, "test/acc std"] == pytest.approx(ep.std(ddof=1))
+    md = (sweep / "sweep_summary.md").read_text()
+    assert md.startswith("| configuration | runs | failed |") and "± " in md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["none", "local_parallel", "slurm_local"])
+def test_a_failing_job_sinks_nothing(tmp_path, launcher):
+    """-m algorithm.T=-1,5 (the bad value first): job 1 still runs, the table lists job 0 as failed with its
+    one-line error, and only then does the process exit non-zero, saying how many jobs failed."""
+    proc = run_cli("-m", f"launcher={launcher}", "algorithm.T=-1,5", "algorithm.K=1", *TINY, "logger=none",
+                   tmp_path=tmp_path, status=1)
+    assert "1 of 2 jobs failed: 0" in proc.stdout
+    sweep = sweep_dir_of(tmp_path)
+    runs = pd.read_csv(sweep / RESULTS_CSV)
+    assert list(runs["status"]) == ["failed", "completed"]
+    assert runs.loc[0, "error"] == "algorithm.T=-1 must be > 0" and 0 <= runs.loc[1, "test/acc"] <= 1
+    assert (sweep / RESULTS_PNG).is_file() and "| algorithm.T=-1 | 1 | 1 |" in (sweep / "sweep_summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_results_command_over_runs_and_sweeps(tmp_path):
+    """python -m seqep.results over a sweep directory and a single run, mixed: one table, the differing keys."""
+    run_cli("-m", "seed=0,1", "algorithm.T=3", "algorithm.K=1", *TINY, "logger=none", tmp_path=tmp_path)
+    run_cli("algorithm.T=4", "algorithm.K=1", *TINY, "logger=none", tmp_path=tmp_path)
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "seqep.results", str(tmp_path / "multirun"),
+                           str(tmp_path / "20*" / "*"), "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 runs; configurations differ in: algorithm.T" in proc.stdout
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["configuration"]) == ["algorithm.T=3", "algorithm.T=4"]
+    assert list(table["test/acc n"]) == [2, 1]
+    assert (out / "results.png").stat().st_size > 10_000 and len(pd.read_csv(out / "results_runs.csv")) == 3
+    bad = subprocess.run([sys.executable, "-m", "seqep.results", str(tmp_path / "nope")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "nope" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------ W&B sweep files

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seqep.config import validate
 from seqep.errors import SeqepError
+from seqep.training.tracking import resolved_config
 from seqep.utils import configure_threads, resolve_device, seed_everything
 
 # task name -> (module, function); each function is `fn(cfg, run_dir) -> dict` (docs/architecture.md)
@@ -121,6 +122,54 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():  # train/test write their own; gdu/bench summaries are written here
         summary_path.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    return summary
+
+
+def in_multirun() -> bool:
+    """Whether this job is one of a multirun's (Hydra's `-m`, a sweep config or a search)."""
+    from hydra.types import RunMode
+
+    hc = _hydra_config()
+    return hc is not None and OmegaConf.select(hc, "mode", default=None) == RunMode.MULTIRUN
+
+
+def run_job(cfg: DictConfig) -> Any:
+    """What `run.py` runs for each job: `dispatch`; in a multirun a failing job is recorded, not raised, so every
+    other job still runs and the sweep's table is written (`seqep.sweep`). Returns the summary, or the value of
+    `optimized_metric` for a search (NaN when the job failed: the trial counts as failed)."""
+    try:
+        summary = dispatch(cfg)
+    except Exception as err:
+        if not in_multirun():
+            raise
+        summary = record_failure(cfg, err)
+    metric = OmegaConf.select(cfg, "optimized_metric", default=None)
+    if metric is None:
+        return summary
+    value = summary.get(metric)
+    return float(value) if isinstance(value, (int, float)) and summary.get("status") == "completed" else math.nan
+
+
+def record_failure(cfg: DictConfig, err: BaseException) -> dict[str, Any]:
+    """A failed job's `summary.json` (`status: failed`, the one-line error, kept from the task's own if it wrote
+    one) and `config.yaml` (if the job failed before writing it), the error on stderr, the traceback in run.log
+    when it is not a user error."""
+    import logging
+    import sys
+
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if not isinstance(err, (SeqepError, ValueError)):
+        logging.getLogger("seqep").error("the job failed", exc_info=err)
+        line = f"{type(err).__name__}: {line}"
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    out = Path(OmegaConf.select(_hydra_config(), "runtime.output_dir", default=None))
+    if not (out / "config.yaml").exists():  # failed in validation: the config as composed, resolved where it can be
+        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved_config(job)))
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update({"status": "failed", "error": summary.get("error") or line, "error_type": type(err).__name__})
+    path.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary
 
 
