@@ -116,8 +116,10 @@ class SeqepConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64
-    # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case)
-    name: str = "${target_name:${algorithm._target_}}_${oc.select:dataset.name,${target_name:${dataset._target_}}}"
+    # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case);
+    # test_<loaded run>, gdu_<...> for the other tasks (`run_name`)
+    name: str = ("${run_name:${task},${target_name:${algorithm._target_}}_${oc.select:dataset.name,"
+                 "${target_name:${dataset._target_}}},${checkpoint.load}}")
     sweep_name: str = "sweep"  # a multirun's directory (<time>_<sweep_name>) and W&B group: the same for every job
     dataset: Any = MISSING  # the object groups: typed by each option's own schema
     model: Any = MISSING
@@ -252,7 +254,21 @@ def target_name(target: str) -> str:
     return str(target).rsplit(".", 1)[-1].lower()
 
 
+def run_name(task: str, trained: str, load: str | None) -> str:
+    """`ep_rt_snippets` for training; `test_ep_rt_snippets` for task=test of a run dir named
+    `<time>_ep_rt_snippets` (or its checkpoint), `gdu_...`/`bench_...` likewise."""
+    if task == "train":
+        return trained
+    if load:
+        path = Path(str(load))
+        run = path.parent.parent if path.parent.name == "checkpoints" else path if path.is_dir() else path.parent
+        label = re.sub(r"^\d\d-\d\d-\d\d(-\d+)?_", "", run.name) or run.name  # the run dir's time prefix dropped
+        return f"{task}_{label}"
+    return f"{task}_{trained}"
+
+
 OmegaConf.register_new_resolver("target_name", target_name, replace=True)
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 register_configs()
 
 

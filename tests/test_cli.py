@@ -173,3 +173,21 @@ def test_added_keys_and_constructor_errors_are_one_line_before_anything_runs(ove
     proc = run_cli(override, tmp_path=tmp_path)
     assert_one_line_error(proc, message)
     assert not list(tmp_path.glob("out/*/*/config.yaml"))  # validated before the run wrote its config
+
+
+def test_task_test_takes_the_runs_stored_config(trained_run, tmp_path):
+    """The run was trained with T=4 on synth_sentiment; task=test given only the run evaluates exactly that (not
+    the composed default rt_snippets at T=20), and an explicit change is recorded."""
+    proc = run_cli("task=test", f"checkpoint.load={trained_run}", "logger=none", "trainer.limit_eval_batches=1",
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (test_dir,) = (tmp_path / "out").glob("*/*_test_tiny")
+    summary = json.loads((test_dir / "summary.json").read_text())
+    assert summary["task"] == "test" and summary["T"] == 4 and summary["dataset"] == "synth_sentiment"
+    assert summary["changed_from_stored"] == [] and summary["config_from"].endswith("best.pt")
+    changed = run_cli("task=test", f"checkpoint.load={trained_run}", "algorithm.T=9", "logger=none",
+                      "trainer.limit_eval_batches=1", tmp_path=tmp_path)
+    assert "changed on the command line: algorithm.T=9 (stored: 4)" in changed.stdout
+    (newest,) = sorted((tmp_path / "out").glob("*/*_test_tiny"))[1:]
+    summary = json.loads((newest / "summary.json").read_text())
+    assert summary["T"] == 9 and summary["changed_from_stored"] == ["algorithm.T=9 (stored: 4)"]

@@ -76,16 +76,26 @@ def parallel_jobs(hc: DictConfig | None) -> int:
     return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib: -1 = every CPU
 
 
-def prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """Validate, make the run directory, seed, resolve device and logger group, write config.yaml.
+def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
+    """Take a loaded run's stored config (task=test/gdu, `seqep.tasks.stored`), validate, make the run directory,
+    seed, resolve device and logger group, write config.yaml.
 
     Returns the job's config (a copy without the `hydra` node, every object node completed with its class's
-    defaults, `device` resolved to what runs) and run dir.
+    defaults, `device` resolved to what runs), the run dir, and what summary.json records of a stored config.
     """
     cfg = copy.deepcopy(cfg)
     if "hydra" in cfg:  # compose(..., return_hydra_config=True): ${hydra:...} does not resolve outside a run
         with open_dict(cfg):
             cfg.pop("hydra")
+    provenance = {}
+    if cfg.task in ("test", "gdu") and cfg.checkpoint.load:
+        from seqep.tasks.stored import apply_stored, explicit_overrides
+
+        provenance = apply_stored(cfg, explicit_overrides())
+        if provenance:
+            changed = "; changed on the command line: " + ", ".join(provenance["changed_from_stored"]) \
+                if provenance["changed_from_stored"] else ""
+            print(f"dataset, model and algorithm as stored with {provenance['config_from']}{changed}")
     validate(cfg)
     hc = _hydra_config()
     run_dir = resolve_run_dir(cfg)
@@ -100,7 +110,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path]:
     except Exception as err:  # an interpolation in a user override that points nowhere
         raise SeqepError(f"the config does not resolve: {str(err).splitlines()[0]}") from err
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    return cfg, run_dir
+    return cfg, run_dir, provenance
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -117,11 +127,10 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns its summary (Hydra hands it to callbacks as the job's return value)."""
-    cfg, run_dir = prepare(cfg)
+    cfg, run_dir, provenance = prepare(cfg)
     summary = run_task(cfg, run_dir) or {}
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():  # train/test write their own; gdu/bench summaries are written here
-        summary_path.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    summary = {"task": cfg.task, **summary, **provenance}
+    (run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary
 
 
