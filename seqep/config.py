@@ -46,6 +46,7 @@ SUPPLIED = {
     "optimizer": ("params",),  # one parameter group per synapse
     "scheduler": ("optimizer", "last_epoch", "verbose"),
 }
+PROGRESS = ("auto", True, False)  # trainer.progress
 INTERVALS = ("epoch", "step")  # scheduler.interval: step the schedule once per epoch or once per optimizer step
 DEFAULT_INTERVAL = "epoch"
 # seqep's own keys of a group, beside the class's arguments: (name, type, default).
@@ -68,7 +69,7 @@ class TrainerConfig:
     probe_size: int = 64  # examples in the fixed probe batch (the first of the validation split)
     diagnostics_every: int = 10  # batches between EP diagnostics (relax/, out/, attn/, grad/ metrics); 0 = off
     diagnostics_tol: float = 1e-3  # an example whose largest last-step state change exceeds this is unsettled
-    progress: bool = True  # tqdm progress bar
+    progress: Any = "auto"  # tqdm progress bar: auto (only when stderr is a terminal) | true | false
 
 
 @dataclass
@@ -331,6 +332,8 @@ def validate(cfg: DictConfig) -> None:
         value = t[key]
         if value is not None and (value < 0 or (value == 0 and not (key == "epochs" and cfg.task != "train"))):
             raise SeqepError(f"trainer.{key}={value} must be > 0")
+    if t.progress not in PROGRESS:
+        raise SeqepError(f"trainer.progress={t.progress!r} is not allowed; choose one of: auto, true, false")
     for key in ("probe_every", "diagnostics_every", "log_every"):
         if t[key] < 0:
             raise SeqepError(f"trainer.{key}={t[key]} must be >= 0 (0 = off)")

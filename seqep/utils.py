@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -66,3 +67,46 @@ def configure_threads(parallel_jobs: int = 1) -> int:
     if parallel_jobs > 1 or "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+LOG = logging.getLogger("seqep")
+
+
+def say(message: str) -> None:
+    """A line of a run's story (header, epochs, results): through `logging`, so it also lands in the run's run.log
+    (conf/hydra/job_logging/seqep.yaml prints it plain on stdout); printed where logging is not configured."""
+    if LOG.hasHandlers() and LOG.isEnabledFor(logging.INFO):
+        LOG.info(message)
+    else:
+        print(message, flush=True)
+
+
+def environment(device: str | torch.device | None = None) -> dict[str, object]:
+    """What a result depends on besides its config: the git commit of the code (and whether the tree had
+    uncommitted changes), Python, torch, CUDA and seqep versions, the host and the device."""
+    import platform
+    import socket
+    import subprocess
+    from importlib import metadata
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    try:
+        version = metadata.version("seqep")
+    except metadata.PackageNotFoundError:
+        version = None
+    device = torch.device(str(device)) if device is not None else None
+    gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None
+    return {"git_commit": commit, "git_dirty": bool(status) if commit else None, "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "seqep": version, "host": socket.gethostname(),
+            "device": str(device) if device is not None else None, "gpu": gpu, "platform": platform.platform()}

@@ -191,3 +191,20 @@ def test_task_test_takes_the_runs_stored_config(trained_run, tmp_path):
     (newest,) = sorted((tmp_path / "out").glob("*/*_test_tiny"))[1:]
     summary = json.loads((newest / "summary.json").read_text())
     assert summary["T"] == 9 and summary["changed_from_stored"] == ["algorithm.T=9 (stored: 4)"]
+
+
+def test_a_run_with_redirected_output_has_no_bar_and_a_complete_run_log(tmp_path):
+    """On a cluster stderr is a file: trainer.progress=auto draws no bar there (no \\r floods), and run.log holds
+    the header, every epoch line and the result, as stdout does (plain there)."""
+    tiny = [a for a in TINY if not a.startswith("trainer.progress")]
+    proc = run_cli(*tiny, "trainer.epochs=2", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr
+    (run_dir,) = (tmp_path / "out").glob("*/*")
+    log = (run_dir / "run.log").read_text()
+    for line in ("epoch   1/2 |", "epoch   2/2 |", "test acc", "synth_sentiment: "):
+        assert line in log and line in proc.stdout
+    assert "[seqep][INFO] - epoch   2/2" in log and "\nepoch   2/2 |" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    env = summary["environment"]
+    assert len(env["git_commit"]) == 40 and env["torch"].startswith("2.") and env["device"] == "cpu"

@@ -110,7 +110,6 @@ def test_paper_imdb_reproduces_the_readme_command():
     ("dataset.seqlen=3", "dataset.seqlen"),
     ("algorithm.T=abc", "algorithm.T"),
     ("model.fc=[128,two]", "model.fc"),
-    ("trainer.progress=maybe", "trainer.progress"),
 ])
 def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
     with pytest.raises(ConfigCompositionException) as info:
@@ -131,6 +130,7 @@ def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
      "algorithm.truncate='half' is not allowed; choose one of: last_k, full"),
     (["algorithm.field_mode=numeric"], "algorithm.field_mode='numeric' is not allowed; choose one of: closed"),
     (["task=fly"], "task='fly' is not allowed; choose one of: train, test, gdu, bench"),
+    (["trainer.progress=maybe"], "trainer.progress='maybe' is not allowed; choose one of: auto, true, false"),
     (["device=gpu"], "device='gpu' is not allowed; choose one of: auto, cpu, cuda, cuda:N"),
     (["dtype=float16"], "dtype='float16' is not allowed"),
     (["model.activation=relu"], "model.activation='relu' is not allowed; choose one of: my_hard_sig"),

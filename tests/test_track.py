@@ -123,3 +123,18 @@ def test_two_loggers_at_once(tmp_path, monkeypatch):
     acc = float(read_csv(run / "metrics.csv")[0]["val/acc"])
     assert events.Scalars("val/acc")[0].value == pytest.approx(acc)
     assert logged["history"][0]["val/acc"] == pytest.approx(acc)
+
+
+@pytest.mark.figures
+def test_tensorboard_gets_the_config_the_hparams_and_the_figures(tmp_path):
+    run = tmp_path / "run"
+    dispatch(make_cfg(run, "logger=tensorboard", "trainer.epochs=1"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"plots/learning_curves", "plots/summary"} <= set(tags["images"])
+    assert "config/text_summary" in tags["tensors"]
+    assert "algorithm" in events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert events.PluginTagToContent("hparams")  # the HPARAMS tab: config against test/val accuracy

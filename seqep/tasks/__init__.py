@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from seqep.config import validate
 from seqep.errors import SeqepError
 from seqep.training.tracking import resolved_config
-from seqep.utils import configure_threads, resolve_device, seed_everything
+from seqep.utils import configure_threads, environment, resolve_device, say, seed_everything
 
 # task name -> (module, function); each function is `fn(cfg, run_dir) -> dict` (docs/architecture.md)
 TASKS = {
@@ -95,7 +95,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
         if provenance:
             changed = "; changed on the command line: " + ", ".join(provenance["changed_from_stored"]) \
                 if provenance["changed_from_stored"] else ""
-            print(f"dataset, model and algorithm as stored with {provenance['config_from']}{changed}")
+            say(f"dataset, model and algorithm as stored with {provenance['config_from']}{changed}")
     validate(cfg)
     hc = _hydra_config()
     run_dir = resolve_run_dir(cfg)
@@ -129,7 +129,7 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns its summary (Hydra hands it to callbacks as the job's return value)."""
     cfg, run_dir, provenance = prepare(cfg)
     summary = run_task(cfg, run_dir) or {}
-    summary = {"task": cfg.task, **summary, **provenance}
+    summary = {"task": cfg.task, **summary, **provenance, "environment": environment(cfg.device)}
     (run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary
 

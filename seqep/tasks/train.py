@@ -29,7 +29,7 @@ from seqep.training.builders import (
 )
 from seqep.training.tracking import Tracker, resolved_config
 from seqep.training.trainer import Feed, Progress, Saving, Trainer
-from seqep.utils import resolve_device, resolve_dtype
+from seqep.utils import resolve_device, resolve_dtype, say
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
@@ -40,7 +40,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     net = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim).to(device=device, dtype=dtype)
     if cfg.checkpoint.load:
         meta = ckpt.load_weights(net, cfg.checkpoint.load)
-        print(f"loaded weights from {meta['path']} ({meta['kind']})")
+        say(f"loaded weights from {meta['path']} ({meta['kind']})")
     optimizer = build_optimizer(cfg.optimizer, net)
     schedule = build_scheduler(cfg.scheduler, optimizer)
     generators = {"data": torch.Generator().manual_seed(cfg.seed),  # batch order
@@ -77,7 +77,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     progress = trainer.resume(cfg.checkpoint.resume) if cfg.checkpoint.resume else Progress()
     data, net, estimator = trainer.data, trainer.net, trainer.estimator
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, L={data.seq_len}, "
+    say(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, L={data.seq_len}, "
           f"d={data.embed_dim} | model {net.kind} fc={net.fc} ({n_params:,} parameters) | {describe(estimator)} | "
           f"{trainer.device} | {run_dir}")
 
@@ -116,7 +116,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         tracker.log_summary(summary)
         chosen = (f"epoch {progress.best_epoch}, val acc {progress.best_acc:.4f}" if progress.best_epoch
                   else "no epoch trained")
-        print(f"test acc {test['test/acc']:.4f} (loss {test['test/loss']:.4f}) with the best-on-validation "
+        say(f"test acc {test['test/acc']:.4f} (loss {test['test/loss']:.4f}) with the best-on-validation "
               f"checkpoint ({chosen}) | {summary['time_s']:.0f}s total")
         images = _plot(tracker.rows, run_dir)
         if images:
@@ -152,7 +152,7 @@ def run_test(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                    "run_dir": str(run_dir)}
         write_json(run_dir / "summary.json", summary)
         tracker.log_summary(summary)
-    print(f"{meta['path']} ({meta['kind']}): val acc {metrics['val/acc']:.4f} | test acc {metrics['test/acc']:.4f} "
+    say(f"{meta['path']} ({meta['kind']}): val acc {metrics['val/acc']:.4f} | test acc {metrics['test/acc']:.4f} "
           f"(loss {metrics['test/loss']:.4f})")
     return summary
 

@@ -60,6 +60,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 # ------------------------------------------------------------------------------------------ loggers
 class WandbLogger:
     """Weights & Biases; files under `<run dir>/wandb`. `mode=None` takes `$WANDB_MODE`, else offline; `group=None`
@@ -115,12 +125,16 @@ class TensorBoardLogger:
     """TensorBoard event files under `<run dir>/<subdir>` (`tensorboard --logdir outputs`)."""
 
     def __init__(self, subdir: str = "tensorboard") -> None:
-        self.subdir, self.writer, self.step = subdir, None, 0
+        self.subdir, self.writer, self.step, self.config = subdir, None, 0, {}
 
     def start(self, run: RunInfo) -> None:
+        import yaml
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run.run_dir / self.subdir))
+        self.config = run.config
+        if run.config:  # the TEXT tab shows the whole config; the HPARAMS tab gets it with the summary
+            self.writer.add_text("config", "```\n" + yaml.safe_dump(run.config, sort_keys=False) + "```")
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         self.step = step
@@ -130,9 +144,16 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
+        metrics = {}
         for key, value in summary.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"summary/{key}", value, global_step=self.step)
+                if key.startswith(("test/", "val/")):
+                    metrics[f"hparam/{key}"] = value
+        if self.config:  # the config as hyper-parameters, against the final accuracies
+            hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                       for k, v in _flat(self.config).items() if not k.startswith(("paths.", "logger."))}
+            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=self.step)
         self.writer.flush()
 
     def log_images(self, images: Mapping[str, Path], step: int | None = None) -> None:

@@ -12,6 +12,7 @@ state) and, when validation accuracy improved, `checkpoints/best.pt`. The test s
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -29,6 +30,7 @@ from seqep.network import Network
 from seqep.training import checkpoint as ckpt
 from seqep.training.builders import Schedule
 from seqep.training.tracking import Tracker
+from seqep.utils import say
 
 
 class NonFiniteError(SeqepError):
@@ -109,6 +111,11 @@ class Saving:
         return Path(self.run_dir) / ckpt.CKPT_DIR / "last.pt"
 
 
+def show_progress(setting: Any) -> bool:
+    """`trainer.progress`: auto = a bar only on a terminal (no `\\r` floods in redirected logs and SLURM files)."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
+
+
 class Trainer:
     """Owns the loop; the objects it drives are built by `seqep.training.builders` from the config.
 
@@ -144,7 +151,7 @@ class Trainer:
         """Train epochs `progress.epoch + 1 .. settings.epochs`; returns the progress at the end."""
         epochs = int(self.settings.epochs)
         if progress.epoch >= epochs:
-            print(f"nothing to train: {progress.epoch} epochs done, trainer.epochs={epochs} (raise it to continue)")
+            say(f"nothing to train: {progress.epoch} epochs done, trainer.epochs={epochs} (raise it to continue)")
         for epoch in range(progress.epoch + 1, epochs + 1):
             t0 = time.time()
             lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -166,9 +173,9 @@ class Trainer:
             row = {**train, **val, **{f"lr/{i}": lr for i, lr in enumerate(lrs)},
                    "time/train_s": t_train, "time/epoch_s": time.time() - t0}
             tracker.log_epoch(epoch, row)
-            print(f"epoch {epoch:3d}/{epochs} | train loss {train['train/loss']:.4f} acc {train['train/acc']:.3f} | "
+            say(f"epoch {epoch:3d}/{epochs} | train loss {train['train/loss']:.4f} acc {train['train/acc']:.3f} | "
                   f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.3f}{' *' if improved else '  '} | "
-                  f"lr {lrs[-1]:.2e} | {row['time/epoch_s']:.1f}s", flush=True)
+                  f"lr {lrs[-1]:.2e} | {row['time/epoch_s']:.1f}s")
         return progress
 
     def train_epoch(self, epoch: int, tracker: Tracker, last_good: str) -> dict[str, float]:
@@ -177,7 +184,7 @@ class Trainer:
         total = math.ceil(len(self.data.train) / self.feed.batch_size)
         total = total if limit is None else min(total, int(limit))
         bar = tqdm(islice(self.feed.train(self.generators["data"]), limit), total=total, desc=f"epoch {epoch}",
-                   leave=False, dynamic_ncols=True, disable=not s.progress)
+                   leave=False, dynamic_ncols=True, disable=not show_progress(s.progress))
         loss = correct = ties = n = 0.0
         net.train()
         for i, (x, y) in enumerate(bar, start=1):
@@ -234,7 +241,7 @@ class Trainer:
                                       self.saving.config)
         ckpt.carry_best(state["path"], self.best_path)
         epoch, best = int(state["epoch"]), state["best"]
-        print(f"resumed from {state['path']} after epoch {epoch} (best val acc {best['val_acc']:.4f} at epoch "
+        say(f"resumed from {state['path']} after epoch {epoch} (best val acc {best['val_acc']:.4f} at epoch "
               f"{best['epoch']})")
         return Progress(epoch, float(best["val_acc"]), int(best["epoch"]), ckpt.read_history(state["path"], epoch),
                         f"{target} (epoch {epoch})")
