@@ -122,6 +122,7 @@ class SeqepConfig:
     name: str = ("${run_name:${task},${target_name:${algorithm._target_}}_${oc.select:dataset.name,"
                  "${target_name:${dataset._target_}}},${checkpoint.load}}")
     sweep_name: str = "sweep"  # a multirun's directory (<time>_<sweep_name>) and W&B group: the same for every job
+    optimized_metric: Optional[str] = None  # a search (hparams_search=optuna): the summary value each job returns
     dataset: Any = MISSING  # the object groups: typed by each option's own schema
     model: Any = MISSING
     algorithm: Any = MISSING

@@ -176,6 +176,31 @@ def test_results_command_over_runs_and_sweeps(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "nope" in bad.stderr
 
 
+@pytest.mark.slow
+def test_optuna_search_writes_its_best_trial_and_every_trial(tmp_path):
+    """hparams_search=optuna (TPE, in memory): 3 trials, each a job; the sweeper's best trial is the best row of
+    seqep's trials table; with a sqlite study a second call continues the same study."""
+    search = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
+              *TINY, "logger=none"]
+    run_cli(*search, tmp_path=tmp_path / "memory")
+    sweep = sweep_dir_of(tmp_path / "memory")
+    assert sweep.name.endswith("_optuna")
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    runs = pd.read_csv(sweep / RESULTS_CSV)
+    assert len(runs) == 3 and (runs["status"] == "completed").all()
+    assert best["best_value"] == pytest.approx(runs["val/best_acc"].max())
+    tops = runs[runs["val/best_acc"] == best["best_value"]]  # the best trial is one of them (ties possible)
+    assert ((tops["algorithm.T"] == best["best_params"]["algorithm.T"])
+            & (tops["algorithm.K"] == best["best_params"]["algorithm.K"])).any()
+    db = tmp_path / "study.db"
+    for _ in range(2):
+        run_cli(*search[:2], "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                f"hydra.sweeper.storage=sqlite:///{db}", *TINY, "logger=none", tmp_path=tmp_path / "db")
+    import optuna
+
+    assert len(optuna.load_study(study_name="seqep", storage=f"sqlite:///{db}").trials) == 4
+
+
 # ------------------------------------------------------------------------------------------ W&B sweep files
 
 WANDB_SWEEPS = [p for p in sorted((ROOT / "sweeps").glob("*.yaml")) if "program" in yaml.safe_load(p.read_text())]
