@@ -4,6 +4,7 @@ A user error (bad value, unknown option or key, missing file, mismatched checkpo
 `error: ...` on stderr and exits with status 2.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +37,10 @@ if __name__ == "__main__":
     if not {"-cp", "--config-path", "-cd", "--config-dir"} & set(sys.argv):
         try:
             check_group_options(sys.argv[1:], CONF_DIR)
+            if "launcher=slurm" in sys.argv and not shutil.which("sbatch") and not {"--cfg", "-c"} & set(sys.argv):
+                raise SeqepError("launcher=slurm submits jobs with SLURM's sbatch, which this machine does not have: "
+                                 "run it on the cluster's login node, or try the same code path here with "
+                                 "launcher=slurm_local")
             register_configs((search_dirs(sys.argv[1:], CONF_DIR) or [CONF_DIR])[1:])  # one's own options' schemas
         except SeqepError as err:
             fail(err)

@@ -3,8 +3,10 @@ the basic, joblib and submitit-local launchers (slow)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -199,6 +201,43 @@ def test_optuna_search_writes_its_best_trial_and_every_trial(tmp_path):
     import optuna
 
     assert len(optuna.load_study(study_name="seqep", storage=f"sqlite:///{db}").trials) == 4
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_from_its_last_checkpoint(tmp_path):
+    """What SLURM does at a time limit, with submitit's local executor: the job gets SIGUSR2 (submitit's timeout
+    signal), is requeued with the same arguments, and the requeued job resumes from its own last.pt."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = ["-m", "launcher=slurm_local", "seed=0", *TINY, "trainer.epochs=6", "trainer.limit_train_batches=null",
+            "dataset.n_train=960", "logger=none", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    epochs = lambda: [json.loads(line)["epoch"] for p in tmp_path.glob("multirun/*/*/0/metrics.jsonl")
+                      for line in p.read_text().splitlines() if '"kind": "epoch"' in line]
+    while len(epochs()) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert len(epochs()) >= 2, "the job did not get to epoch 2"
+    subprocess.run(["pkill", "-USR2", "-f", "submitit.core._submit"], check=True)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    sweep = sweep_dir_of(tmp_path)
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
+    assert "Requeued job" in log and "this job ran before" in log and "resumed from" in log
+    assert epochs() == [1, 2, 3, 4, 5, 6]  # no epoch twice, none lost
+    runs = pd.read_csv(sweep / RESULTS_CSV)
+    assert list(runs["status"]) == ["completed"] and runs.loc[0, "epochs"] == 6
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    if shutil.which("sbatch"):
+        pytest.skip("this machine has SLURM")
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "launcher=slurm", "seed=0,1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: launcher=slurm submits jobs with SLURM's sbatch, which this machine does not have: run it on the "
+        "cluster's login node, or try the same code path here with launcher=slurm_local"]
 
 
 # ------------------------------------------------------------------------------------------ W&B sweep files

@@ -74,7 +74,11 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     if cfg.checkpoint.resume and cfg.checkpoint.load:
         raise SeqepError("give checkpoint.resume (continue a run) or checkpoint.load (start from weights), not both")
     trainer = build_trainer(cfg, run_dir)
-    progress = trainer.resume(cfg.checkpoint.resume) if cfg.checkpoint.resume else Progress()
+    resume = cfg.checkpoint.resume
+    if not resume and trainer.last_path.is_file():  # this very job ran before (a SLURM requeue): go on from there
+        say(f"{trainer.last_path} exists: this job ran before (e.g. requeued after its time limit); resuming it")
+        resume = str(trainer.last_path)
+    progress = trainer.resume(resume) if resume else Progress()
     data, net, estimator = trainer.data, trainer.net, trainer.estimator
     n_params = sum(p.numel() for p in net.parameters())
     say(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, L={data.seq_len}, "

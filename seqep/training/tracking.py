@@ -182,7 +182,8 @@ class Tracker:
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = []
         self.loggers: dict[str, Any] = {}
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        # written anew: a resumed run replays its history rows below (into its own directory too, without doubles)
+        self._jsonl = open(self.jsonl_path, "w", encoding="utf-8")
         run = run or RunInfo(self.run_dir, self.run_dir.name)
         try:
             for name, logger in (loggers or {}).items():
