@@ -25,7 +25,7 @@ test-fast: $(STAMP)  ## skip the tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check seqep tests run.py
+	$(PY) -m ruff check seqep tests run.py hydra_plugins examples
 
 bench: $(STAMP)
 	$(PY) run.py task=bench $(ARGS)

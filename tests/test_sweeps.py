@@ -229,6 +229,35 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(tmp_path):
     assert list(runs["status"]) == ["completed"] and runs.loc[0, "epochs"] == 6
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local_parallel", "slurm_local"])
+def test_a_killed_job_process_sinks_nothing(tmp_path, launcher):
+    """SIGKILL to one job's process (what the OOM killer does): that job is recorded as failed, the others run to
+    the end, the table is written, the exit status says a job failed."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = ["-m", f"launcher={launcher}", "seed=0,1,2", *TINY, "trainer.epochs=4", "trainer.limit_train_batches=null",
+            "dataset.n_train=960", "logger=none", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("multirun/*/*/*/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.2)
+    if launcher == "local_parallel":  # the pool worker that runs job 0 wrote its pid
+        (pid_file,) = tmp_path.glob("multirun/*/*/.pids/0")
+        pids = [int(pid_file.read_text())]
+    else:  # submitit: the first job's process started first
+        pids = sorted(int(p) for p in subprocess.run(["pgrep", "-f", "submitit.core._submit"], capture_output=True,
+                                                     text=True).stdout.split())[:1]
+    assert pids, "no job process found"
+    os.kill(pids[0], 9)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out[-3000:]
+    runs = pd.read_csv(sweep_dir_of(tmp_path) / RESULTS_CSV)
+    assert sorted(runs["status"]) == ["completed", "completed", "failed"]
+    assert runs.loc[runs["status"] == "failed", "error"].str.startswith("the job's process died").all()
+    assert "1 of 3 jobs failed" in out
+
+
 def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
     if shutil.which("sbatch"):
         pytest.skip("this machine has SLURM")
