@@ -51,7 +51,7 @@ OPTIONS = {
     "launcher=none": [], "launcher=local_parallel": [], "launcher=slurm": [], "launcher=slurm_local": [],
     "experiment=paper_imdb": [], "experiment=paper_snli": [], "experiment=quick_bptt": [],
     "experiment=synth_imdb_shape": [], "experiment=synth_snli_shape": [],
-    "sweep=t_k": [], "sweep=betas": [], "paths=default": [],
+    "sweep=t_k": [], "sweep=betas": [], "paths=default": [], "hparams_search=optuna": [],
 }
 
 
@@ -262,7 +262,10 @@ def test_dispatch_prepares_the_run_and_calls_the_task(fake_train, tmp_path):
     assert written["name"] == "ep_synth_sentiment" and written["device"] == "cpu"
     assert "${" not in (run_dir / "config.yaml").read_text()
     saved = yaml.safe_load((run_dir / "summary.json").read_text())
-    assert saved == {"test/acc": 0.75, "val/best_acc": pytest.approx(0.8), "best_epoch": 3, "bad": None}
+    environment = saved.pop("environment")
+    assert saved == {"task": "train", "test/acc": 0.75, "val/best_acc": pytest.approx(0.8), "best_epoch": 3,
+                     "bad": None}
+    assert environment["device"] == "cpu" and environment["python"].count(".") == 2
     tasks.dispatch(cfg)  # seeded: the task sees the same random numbers
     assert torch.equal(fake_train[1][2], first)
 
