@@ -19,8 +19,10 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def fail(err: Exception) -> None:
-    print(f"error: {err}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    """One line on stderr; exit 2 (a signal's stop: `stopped ...`, exit 143 / 130 as the shell would)."""
+    status = getattr(err, "exit_status", 2)
+    print(f"{'error: ' if status == 2 else ''}{err}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -31,6 +33,9 @@ def main(cfg: DictConfig):
         return run_job(cfg)  # in a multirun a failing job is recorded and the others run (seqep.tasks.run_job)
     except (SeqepError, DataError) as err:
         fail(err)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops cleanly itself)
+        print("stopped by SIGINT", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

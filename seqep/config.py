@@ -338,6 +338,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("probe_every", "diagnostics_every", "log_every"):
         if t[key] < 0:
             raise SeqepError(f"trainer.{key}={t[key]} must be >= 0 (0 = off)")
+    for key, value, least in (("checkpoint.save_every", cfg.checkpoint.save_every, 1),
+                              ("bench.repeats", cfg.bench.repeats, 1), ("gdu.n_examples", cfg.gdu.n_examples, 1),
+                              ("gdu.n_elements", cfg.gdu.n_elements, 0)):
+        if value < least:
+            raise SeqepError(f"{key}={value} must be >= {least}")
     if cfg.task == "test" and cfg.checkpoint.load is None and cfg.checkpoint.resume is None:
         raise SeqepError("task=test needs a checkpoint: checkpoint.load=<run dir>/checkpoints/best.pt "
                          "(or an old-code checkpoint.tar)")

@@ -168,3 +168,36 @@ def test_nan_weights_in_a_file_are_refused(tmp_path):
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(SeqepError, match="NaN or Inf in synapses.2.bias"):
         ckpt.load_weights(tiny(), tmp_path / "nan.pt")
+
+
+def _flip_tensor_bytes(path, n=64):
+    """Flip n bytes in the middle of the largest member of the zip (tensor data), keeping the zip readable."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    with open(path, "rb") as f:  # local header: 30 bytes + name + extra, then the data
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+    start = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+    for i in range(start, start + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flipped_tensor_data_is_refused(tmp_path):
+    """torch.load does not check the zip's CRCs: 64 flipped bytes of weights loaded silently before."""
+    path = ckpt.save_checkpoint(tmp_path / "best.pt", {"format": ckpt.FORMAT, "epoch": 1,
+                                                        "model_state_dict": tiny(fc=(64, 2)).state_dict()})
+    _flip_tensor_bytes(path)
+    with pytest.raises(SeqepError, match=r"best.pt is corrupt: the CRC of .* does not match its data"):
+        ckpt.load_weights(tiny(fc=(64, 2)), path)
+
+
+def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
+    path = tmp_path / "last.pt"
+    (tmp_path / ".last.pt.k1ll3d.tmp").write_bytes(b"partial")
+    (tmp_path / ".best.pt.other.tmp").write_bytes(b"another file's")
+    ckpt.save_checkpoint(path, {"epoch": 1, "model_state_dict": tiny().state_dict()})
+    assert not (tmp_path / ".last.pt.k1ll3d.tmp").exists() and (tmp_path / ".best.pt.other.tmp").exists()

@@ -208,3 +208,38 @@ def test_a_run_with_redirected_output_has_no_bar_and_a_complete_run_log(tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     env = summary["environment"]
     assert len(env["git_commit"]) == 40 and env["torch"].startswith("2.") and env["device"] == "cpu"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, sig, status):
+    """SIGTERM (timeout, docker, SLURM) or SIGINT mid-training: the run stops after its batch within seconds, W&B is
+    finished as failed with the epochs kept, summary.json says interrupted, one line says how to resume."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_track import inspect_wandb
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEQEP_DATA": str(tmp_path / "data")}
+    tiny = [a for a in TINY if not a.startswith(("trainer.epochs", "trainer.limit_train", "logger"))]
+    args = [f"paths.output_root={tmp_path / 'out'}", *tiny, "trainer.epochs=200", "logger=wandb", "name=sig"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any('"kind": "epoch"' in p.read_text()
+                                             for p in (tmp_path / "out").glob("*/*/metrics.jsonl")):
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, sig))
+    sent = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert time.time() - sent < 10 and proc.returncode == status, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"stopped by {sig}")
+    assert "continue with: python run.py checkpoint.resume=" in err
+    (run_dir,) = (tmp_path / "out").glob("*/*_sig")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] >= 1 and "last.pt" in summary["last_checkpoint"]
+    logged = inspect_wandb(run_dir)
+    assert logged["exit_code"] != 0 and len(logged["history"]) == summary["epochs"]
+    resumed = run_cli(*tiny, "trainer.epochs=3", f"checkpoint.resume={run_dir}", "logger=none", tmp_path=tmp_path)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout

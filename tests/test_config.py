@@ -130,6 +130,15 @@ def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
      "algorithm.truncate='half' is not allowed; choose one of: last_k, full"),
     (["algorithm.field_mode=numeric"], "algorithm.field_mode='numeric' is not allowed; choose one of: closed"),
     (["task=fly"], "task='fly' is not allowed; choose one of: train, test, gdu, bench"),
+    (["dataset.batch_size=0"], "dataset.batch_size=0 must be >= 1"),
+    (["dataset.batch_size=-5"], "dataset.batch_size=-5 must be >= 1"),
+    (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0 must be >= 1"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1.0 must be >= 0"),
+    (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum=-1.0 must be >= 0"),
+    (["scheduler.eta_min=-1"], "scheduler.eta_min=-1.0 must be >= 0"),
+    (["scheduler.T_max=0"], "scheduler.T_max=0 must be > 0"),
+    (["checkpoint.save_every=0"], "checkpoint.save_every=0 must be >= 1"),
+    (["dataset=synth_sentiment", "dataset.n_train=-3"], "dataset.n_train=-3 must be >= 0"),
     (["trainer.progress=maybe"], "trainer.progress='maybe' is not allowed; choose one of: auto, true, false"),
     (["device=gpu"], "device='gpu' is not allowed; choose one of: auto, cpu, cuda, cuda:N"),
     (["dtype=float16"], "dtype='float16' is not allowed"),
@@ -144,7 +153,6 @@ def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
     (["scheduler.interval=batch"], "scheduler.interval='batch' is not allowed; choose one of: epoch, step"),
     (["+algorithm.TT=3"], "algorithm.TT is not a key of seqep.estimators.EP"),
     (["+optimizer.nesterov_=1"], "optimizer.nesterov_ is not a key of torch.optim.Adam"),
-    (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer (torch.optim.SGD): Invalid momentum value: -1"),
     (["scheduler=warmup_cosine", "scheduler.total_steps=5"], "scheduler.total_steps=5 must be > warmup_steps"),
 ])
 def test_validate_names_the_key_in_one_line(overrides, message):

@@ -41,8 +41,13 @@ class Dataset:
     def __post_init__(self) -> None:
         if self.root == DEFAULT_ROOT:  # built from Python rather than from the config
             self.root = os.environ.get("SEQEP_DATA", "data")
-        if self.seq_len < 1:
-            raise DataError(f"seq_len={self.seq_len} must be >= 1")
+        for key in ("seq_len", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise DataError(f"{key}={getattr(self, key)} must be >= 1")
+        for f in dataclasses.fields(self):  # counts and sizes of one's data: never negative
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 and f.name != "split_seed":
+                raise DataError(f"{f.name}={value} must be >= 0")
         fractions = [getattr(self, k) for k in ("val_fraction", "test_fraction") if hasattr(self, k)]
         if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
             raise DataError(f"val/test fractions {fractions} must be in [0, 1) and sum to less than 1")

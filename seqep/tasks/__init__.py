@@ -177,7 +177,8 @@ def record_failure(cfg: DictConfig, err: BaseException) -> dict[str, Any]:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved_config(job)))
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
-    summary.update({"status": "failed", "error": summary.get("error") or line, "error_type": type(err).__name__})
+    status = "interrupted" if summary.get("status") == "interrupted" else "failed"
+    summary.update({"status": status, "error": summary.get("error") or line, "error_type": type(err).__name__})
     path.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary
 

@@ -27,6 +27,7 @@ from seqep.training.builders import (
     build_scheduler,
     describe,
 )
+from seqep.training.stop import Interrupted, StopSignals
 from seqep.training.tracking import Tracker, resolved_config
 from seqep.training.trainer import Feed, Progress, Saving, Trainer
 from seqep.utils import resolve_device, resolve_dtype, say
@@ -85,13 +86,16 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
           f"d={data.embed_dim} | model {net.kind} fc={net.fc} ({n_params:,} parameters) | {describe(estimator)} | "
           f"{trainer.device} | {run_dir}")
 
-    with Tracker.from_config(cfg, run_dir, history=progress.history, job_type=job_type(cfg)) as tracker:
+    with StopSignals() as stop, Tracker.from_config(cfg, run_dir, history=progress.history,
+                                                   job_type=job_type(cfg)) as tracker:
+        trainer.stop = stop
         try:
             trainer.fit(tracker, progress)
-        except SeqepError as err:  # NaN stop and the like: what finished is kept, and said
-            write_json(run_dir / "summary.json", {"status": "failed", "error": str(err), "epochs": progress.epoch,
-                                                  "val/best_acc": progress.best_acc if progress.best_epoch else None,
-                                                  "best_epoch": progress.best_epoch})
+        except SeqepError as err:  # a signal, a NaN stop and the like: what finished is kept, and said
+            write_json(run_dir / "summary.json", {
+                "status": "interrupted" if isinstance(err, Interrupted) else "failed", "error": str(err),
+                "epochs": progress.epoch, "val/best_acc": progress.best_acc if progress.best_epoch else None,
+                "best_epoch": progress.best_epoch, "last_checkpoint": progress.last_good})
             raise
         test = trainer.test()
         last = tracker.rows[-1] if tracker.rows else {}

@@ -28,6 +28,20 @@ from seqep.config import DEFAULT_INTERVAL, INTERVALS
 from seqep.errors import SeqepError
 from seqep.network import Network
 
+# Arguments of optimizers and schedules that no class should get out of range (torch checks some, not all:
+# CosineAnnealingLR takes eta_min=-1 and drives the learning rate negative).
+NON_NEGATIVE = ("lr", "eps", "weight_decay", "momentum", "dampening", "eta_min", "warmup_steps", "gamma")
+POSITIVE = ("T_max", "step_size", "total_steps")
+
+
+def check_ranges(node: DictConfig, key: str) -> None:
+    """One line for a value out of range among the common optimizer and schedule arguments."""
+    for name in (*NON_NEGATIVE, *POSITIVE):
+        value = node.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0 or (value == 0 and name in POSITIVE):
+                raise SeqepError(f"{key}.{name}={value} must be {'> 0' if name in POSITIVE else '>= 0'}")
+
 
 def _node(node: Any, drop: tuple[str, ...] = ()) -> DictConfig:
     node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
@@ -105,6 +119,7 @@ def param_groups(net: Network, lrs: list[float] | None) -> list[dict[str, Any]]:
 def build_optimizer(node: Any, net: Network) -> torch.optim.Optimizer:
     """The optimizer's partial (`_partial_: true`) called with one parameter group per synapse."""
     node = _node(node)
+    check_ranges(node, "optimizer")
     lrs = node.get("lrs")
     groups = param_groups(net, None if lrs is None else list(lrs))
     factory = build(node, "optimizer", drop=("lrs",), _partial_=True)
@@ -127,6 +142,7 @@ def build_scheduler(node: Any, optimizer: torch.optim.Optimizer) -> Schedule | N
     if node is None:
         return None
     node = _node(node)
+    check_ranges(node, "scheduler")
     interval = node.get("interval", DEFAULT_INTERVAL)
     if interval not in INTERVALS:
         raise SeqepError(f"scheduler.interval={interval!r} is not allowed; choose one of: {', '.join(INTERVALS)}")

@@ -21,6 +21,7 @@ import pickle
 import random
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # partial files of writes that a kill interrupted
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -157,6 +160,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SeqepError(f"checkpoint not found: {path}")
+    verify_integrity(path)
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALARS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -174,6 +178,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise SeqepError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
     return obj
+
+
+def verify_integrity(path: Path) -> None:
+    """A checkpoint saved by torch is a zip whose members carry CRC-32s: check every one, so flipped bits in the
+    tensor data are an error instead of weights of 1e25 (torch.load does not check them). Files of the legacy
+    non-zip format are left to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise SeqepError(f"checkpoint {path} is corrupt ({_first_line(err)})") from None
+    if bad is not None:
+        raise SeqepError(f"checkpoint {path} is corrupt: the CRC of {bad} does not match its data (flipped bits or a "
+                         f"partial copy); use another checkpoint, e.g. the run's other one in checkpoints/")
 
 
 def _first_line(err: BaseException) -> str:

@@ -29,6 +29,7 @@ from seqep.estimators import Estimator
 from seqep.network import Network
 from seqep.training import checkpoint as ckpt
 from seqep.training.builders import Schedule
+from seqep.training.stop import StopSignals
 from seqep.training.tracking import Tracker
 from seqep.utils import say
 
@@ -129,6 +130,7 @@ class Trainer:
         self.settings, self.net, self.estimator, self.feed = settings, net, estimator, feed
         self.optimizer, self.schedule, self.diagnostics, self.saving = optimizer, schedule, diagnostics, saving
         self.generators = generators or {}
+        self.stop: StopSignals | None = None  # set by the task: a signal ends the run after the current batch
 
     @property
     def data(self) -> DataBundle:
@@ -153,6 +155,8 @@ class Trainer:
         if progress.epoch >= epochs:
             say(f"nothing to train: {progress.epoch} epochs done, trainer.epochs={epochs} (raise it to continue)")
         for epoch in range(progress.epoch + 1, epochs + 1):
+            if self.stop is not None:
+                self.stop.check(f"before epoch {epoch}", progress.last_good, self.saving.run_dir)
             t0 = time.time()
             lrs = [g["lr"] for g in self.optimizer.param_groups]
             train = self.train_epoch(epoch, tracker, progress.last_good)
@@ -195,6 +199,8 @@ class Trainer:
             if self.schedule is not None and self.schedule.interval == "step":
                 self.schedule.scheduler.step()
             check_finite(epoch, i, out, net, last_good)
+            if self.stop is not None:
+                self.stop.check(f"in epoch {epoch} after batch {i}", last_good, self.saving.run_dir)
             if before is not None:
                 self.diagnostics.record(net, x, y, out, before)
             b_loss, b_correct, b_ties = batch_stats(out.output.detach(), y)
