@@ -47,6 +47,11 @@ if __name__ == "__main__":
                                  "run it on the cluster's login node, or try the same code path here with "
                                  "launcher=slurm_local")
             register_configs((search_dirs(sys.argv[1:], CONF_DIR) or [CONF_DIR])[1:])  # one's own options' schemas
+            for arg in sys.argv[1:]:  # a run dir given by hand: refuse it, before Hydra writes there, if in use
+                if arg.startswith("hydra.run.dir="):
+                    from seqep.tasks import check_run_dir_free
+
+                    check_run_dir_free(arg.split("=", 1)[1])
         except SeqepError as err:
             fail(err)
     main()

@@ -70,6 +70,7 @@ class TrainerConfig:
     diagnostics_every: int = 10  # batches between EP diagnostics (relax/, out/, attn/, grad/ metrics); 0 = off
     diagnostics_tol: float = 1e-3  # an example whose largest last-step state change exceeds this is unsettled
     progress: Any = "auto"  # tqdm progress bar: auto (only when stderr is a terminal) | true | false
+    stop_on_dead: bool = True  # stop (failed) after an epoch in which every output was tied: nothing can be learnt
 
 
 @dataclass

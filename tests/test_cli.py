@@ -243,3 +243,30 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, sig, status):
     assert logged["exit_code"] != 0 and len(logged["history"]) == summary["epochs"]
     resumed = run_cli(*tiny, "trainer.epochs=3", f"checkpoint.resume={run_dir}", "logger=none", tmp_path=tmp_path)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_directory_the_second_fails_before_writing(tmp_path):
+    import signal
+    import time
+
+    shared = tmp_path / "same"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEQEP_DATA": str(tmp_path / "data")}
+    tiny = [a for a in TINY if not a.startswith(("trainer.epochs", "trainer.limit_train"))]
+    first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={shared}", *tiny, "seed=0",
+                              "trainer.epochs=500"], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (shared / "metrics.csv").is_file():
+        time.sleep(0.1)
+    hydra_config = (shared / ".hydra" / "config.yaml").read_text()
+    second = run_cli(f"hydra.run.dir={shared}", *tiny, "seed=1", tmp_path=tmp_path)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    line = assert_one_line_error(second, "belongs to another run that is still going")
+    assert str(shared) in line
+    assert yaml.safe_load((shared / "config.yaml").read_text())["seed"] == 0
+    assert (shared / ".hydra" / "config.yaml").read_text() == hydra_config  # Hydra did not write over it either
+    from seqep.tasks import check_run_dir_free
+
+    check_run_dir_free(shared)  # the first run ended: its directory is free again (the kernel dropped the lock)

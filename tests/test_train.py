@@ -230,3 +230,35 @@ def test_checkpoints_from_before_the_target_configs_still_resume(tmp_path):
     assert summary["epochs"] == 2 and summary["status"] == "completed"
     with pytest.raises(SeqepError, match="trained with scheduler torch.optim.lr_scheduler.CosineAnnealingLR"):
         dispatch(make_cfg(tmp_path / "other", "trainer.epochs=2", "scheduler=none", f"checkpoint.resume={first}"))
+
+
+def test_resume_tolerates_a_torn_metrics_line_and_resuming_in_place_writes_each_epoch_once(tmp_path):
+    run = tmp_path / "run"
+    dispatch(make_cfg(run, "trainer.epochs=2"))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "epoch", "epoch": 3, "train/lo')  # a kill mid-write
+    dispatch(make_cfg(run, "trainer.epochs=3", f"checkpoint.resume={run}"))  # into its own directory
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"kind": "epoch"' in line]
+    assert epochs == [1, 2, 3] and [r["epoch"] for r in read_csv(run / "metrics.csv")] == ["1", "2", "3"]
+
+
+def test_dead_outputs_stop_the_run_with_advice(tmp_path):
+    """model.out_bias_init=-5 puts every output at the floor: all examples tied for a whole epoch."""
+    run = tmp_path / "run"
+    with pytest.raises(SeqepError, match=r"every output was tied \(dead\) for all of epoch 1: .*out_bias_init=0.5"):
+        dispatch(make_cfg(run, "trainer.epochs=3", "model.out_bias_init=-5"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs"] == 1
+    assert read_csv(run / "metrics.csv")[0]["warn/dead_outputs"] == "1.0"
+    done = dispatch(make_cfg(tmp_path / "on", "trainer.epochs=2", "model.out_bias_init=-5",
+                             "trainer.stop_on_dead=false"))
+    assert done["status"] == "completed"
+
+
+def test_nan_advice_names_the_nudge_only_when_it_is_large():
+    from seqep.estimators import EP
+    from seqep.training.trainer import nan_advice
+
+    assert "betas" not in nan_advice(EP(betas=(0.0, 0.01)))
+    assert "algorithm.betas[1]=0.9 is large" in nan_advice(EP(betas=(0.0, 0.9)))

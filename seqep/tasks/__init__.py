@@ -99,6 +99,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
     validate(cfg)
     hc = _hydra_config()
     run_dir = resolve_run_dir(cfg)
+    lock_run_dir(run_dir)
     configure_threads(parallel_jobs(hc))
     seed_everything(cfg.seed)
     cfg.device = str(resolve_device(cfg.device))
@@ -111,6 +112,45 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
         raise SeqepError(f"the config does not resolve: {str(err).splitlines()[0]}") from err
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     return cfg, run_dir, provenance
+
+
+_LOCKS: dict[Path, int] = {}  # run dir -> the open descriptor holding its lock
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Own `run_dir` for this run: an exclusive `flock` on `<run_dir>/.lock` (the kernel drops it when the process
+    dies, so a crashed run never leaves it stuck). A second live run in the same directory fails in one line
+    before writing anything."""
+    import fcntl
+
+    fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SeqepError(f"{run_dir} belongs to another run that is still going (pid {holder}): give this run its "
+                         f"own directory (drop hydra.run.dir / paths.run_dir, or choose another)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _LOCKS[run_dir] = fd
+
+
+def check_run_dir_free(run_dir: str | Path) -> None:
+    """Fail (one line) when a live run owns `run_dir`; used by run.py before Hydra writes into a given run dir."""
+    run_dir = Path(run_dir)
+    if (run_dir / ".lock").is_file():
+        lock_run_dir(run_dir)
+        unlock_run_dirs()
+
+
+def unlock_run_dirs() -> None:
+    import fcntl
+
+    while _LOCKS:
+        _, fd = _LOCKS.popitem()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -127,8 +167,11 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns its summary (Hydra hands it to callbacks as the job's return value)."""
-    cfg, run_dir, provenance = prepare(cfg)
-    summary = run_task(cfg, run_dir) or {}
+    try:
+        cfg, run_dir, provenance = prepare(cfg)
+        summary = run_task(cfg, run_dir) or {}
+    finally:
+        unlock_run_dirs()
     summary = {"task": cfg.task, **summary, **provenance, "environment": environment(cfg.device)}
     (run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary

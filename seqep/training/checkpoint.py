@@ -356,7 +356,10 @@ def read_history(path: Path, epoch: int) -> list[dict[str, Any]]:
     history, metrics = {}, run_dir_of(path) / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
-            row = json.loads(line)
-            if row.pop("kind", "epoch") == "epoch" and row["epoch"] <= epoch:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill mid-write: that row is simply not carried over
+                continue
+            if isinstance(row, dict) and row.pop("kind", "epoch") == "epoch" and row.get("epoch", epoch + 1) <= epoch:
                 history[row["epoch"]] = row
     return [history[k] for k in sorted(history)]

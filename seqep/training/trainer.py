@@ -38,6 +38,11 @@ class NonFiniteError(SeqepError):
     """NaN or Inf in states, loss or weights: the run stops, the last good checkpoint stays."""
 
 
+class DeadOutputsError(SeqepError):
+    """Every output tied (all output neurons at one value, usually the activation's floor) for a whole epoch: the
+    EP gradient is zero and the run cannot learn any more (`trainer.stop_on_dead`)."""
+
+
 @dataclass
 class Progress:
     """Where training stands: epochs done, the best validation accuracy so far, the rows of earlier epochs."""
@@ -58,7 +63,16 @@ def batch_stats(output: torch.Tensor, y: torch.Tensor) -> tuple[float, float, fl
     return float(loss.sum()), float((output.argmax(1) == y).sum()), float(ties)
 
 
-def check_finite(epoch: int, batch: int, out, net: Network, last_good: str) -> None:
+def nan_advice(estimator: Any) -> str:
+    """What to change after a NaN: the learning rates first; the nudge only when it is large."""
+    beta = abs(float(getattr(estimator, "beta", 0.0)))
+    advice = "lower the learning rates (optimizer.lr or optimizer.lrs)"
+    if beta > 0.5:
+        advice += f" or the nudge (algorithm.betas[1]={beta:g} is large)"
+    return advice
+
+
+def check_finite(epoch: int, batch: int, out, net: Network, last_good: str, advice: str = "") -> None:
     what = None
     if not torch.isfinite(out.loss).all():
         what = f"the loss ({float(out.loss):.4g})"
@@ -73,7 +87,7 @@ def check_finite(epoch: int, batch: int, out, net: Network, last_good: str) -> N
                 what = f"the weights ({', '.join(bad)})"
     if what is not None:
         raise NonFiniteError(f"NaN or Inf in {what} at epoch {epoch}, batch {batch}: training stopped; "
-                             f"last good checkpoint: {last_good}. Lower optimizer.lrs or algorithm.betas[1]")
+                             f"last good checkpoint: {last_good}; {advice or nan_advice(None)}")
 
 
 @dataclass
@@ -176,10 +190,19 @@ class Trainer:
                 progress.last_good = f"{self.last_path} (epoch {epoch})"
             row = {**train, **val, **{f"lr/{i}": lr for i, lr in enumerate(lrs)},
                    "time/train_s": t_train, "time/epoch_s": time.time() - t0}
+            dead = train["train/tie_rate"] >= 1.0
+            if dead:
+                row["warn/dead_outputs"] = 1.0
             tracker.log_epoch(epoch, row)
             say(f"epoch {epoch:3d}/{epochs} | train loss {train['train/loss']:.4f} acc {train['train/acc']:.3f} | "
-                  f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.3f}{' *' if improved else '  '} | "
-                  f"lr {lrs[-1]:.2e} | {row['time/epoch_s']:.1f}s")
+                f"val loss {val['val/loss']:.4f} acc {val['val/acc']:.3f}{' *' if improved else '  '} | "
+                f"lr {lrs[-1]:.2e} | {row['time/epoch_s']:.1f}s" + (" | DEAD OUTPUTS: every example tied" if dead
+                                                                     else ""))
+            if dead and self.settings.stop_on_dead:
+                raise DeadOutputsError(
+                    f"every output was tied (dead) for all of epoch {epoch}: the gradient is zero and the run cannot "
+                    f"learn; {nan_advice(self.estimator)}, or lift the outputs with model.out_bias_init=0.5 "
+                    f"(trainer.stop_on_dead=false trains on); last good checkpoint: {progress.last_good}")
         return progress
 
     def train_epoch(self, epoch: int, tracker: Tracker, last_good: str) -> dict[str, float]:
@@ -193,12 +216,12 @@ class Trainer:
         net.train()
         for i, (x, y) in enumerate(bar, start=1):
             out = self.estimator.compute_gradients(net, x, y)
-            check_finite(epoch, i, out, net, last_good)
+            check_finite(epoch, i, out, net, last_good, nan_advice(self.estimator))
             before = self.diagnostics.snapshot(net) if self.diagnostics.due(i) else None
             self.optimizer.step()
             if self.schedule is not None and self.schedule.interval == "step":
                 self.schedule.scheduler.step()
-            check_finite(epoch, i, out, net, last_good)
+            check_finite(epoch, i, out, net, last_good, nan_advice(self.estimator))
             if self.stop is not None:
                 self.stop.check(f"in epoch {epoch} after batch {i}", last_good, self.saving.run_dir)
             if before is not None:
