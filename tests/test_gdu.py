@@ -186,3 +186,18 @@ def test_task_gdu_writes_table_plots_and_summary(tmp_path, capsys):
     assert {"gdu/slope/positive", "gdu/slope/symmetric", "gdu/param_one_sided_over_sym"} <= set(summary)
     out = capsys.readouterr().out
     assert "synapses.1.weight" in out and "slopes" in out
+
+
+def test_task_gdu_on_a_trained_run_takes_its_stored_config(tmp_path):
+    """checkpoint.load=<run>: the check runs the run's own model, data and T, K (not the composed defaults:
+    rt_snippets at T=20)."""
+    from seqep.tasks import dispatch
+
+    from conftest import compose_cfg, make_cfg
+
+    trained = tmp_path / "trained"
+    dispatch(make_cfg(trained, "trainer.epochs=1"))  # synth_sentiment, T=6, K=3
+    summary = dispatch(compose_cfg("task=gdu", f"checkpoint.load={trained}", "gdu.n_examples=3", "gdu.betas=[0.01]",
+                                   "logger=none", f"paths.run_dir={tmp_path / 'gdu'}"))
+    assert summary["task"] == "gdu" and (summary["gdu/T"], summary["gdu/K"]) == (6, 3)
+    assert summary["gdu/dataset"] == "synth_sentiment" and summary["config_from"].endswith("best.pt")
