@@ -166,7 +166,7 @@ def test_misspelt_key_or_wrong_type_names_the_key_without_traceback(override, ke
     ("+dataset.n_trian=5", "dataset.n_trian is not a key of seqep.data.RtSnippets"),
     ("+logger.wandb.projet=x", "logger.wandb.projet is not a key of seqep.training.tracking.WandbLogger"),
     ("algorithm.variant=both", "algorithm.variant='both' is not allowed; choose one of: symmetric, positive"),
-    ("optimizer.lr=-1", "optimizer (torch.optim.Adam): Invalid learning rate: -1"),
+    ("optimizer.lr=-1", "optimizer.lr=-1.0 must be >= 0"),
     ("model.activation=relu", "model.activation='relu' is not allowed; choose one of: my_hard_sig"),
 ])
 def test_added_keys_and_constructor_errors_are_one_line_before_anything_runs(override, message, tmp_path):
