@@ -134,3 +134,43 @@ def test_truncated_and_bad_header_binary(tmp_path):
 def test_unknown_format_rejected(tmp_path):
     with pytest.raises(DataError, match="vectors_format='fasttext'"):
         load_vectors("x.vec", {"a"}, root=tmp_path, fmt="fasttext")
+
+
+def test_bad_headers_and_layouts_are_one_line_errors(tmp_path):
+    """Each case names the file and what is wrong (before: 0-d vectors, NaN/2e38 values, silent short files)."""
+    words, matrix = WORDS[:6], fixture_vectors(WORDS[:6])
+    one_number = tmp_path / "one_number.txt"
+    one_number.write_text("6\n" + "\n".join(f"{w} 1.0 2.0" for w in words) + "\n")
+    with pytest.raises(DataError, match=r"one_number.txt:1: malformed word2vec header '6'"):
+        load_vectors(str(one_number), words, root=tmp_path)
+    words_only = tmp_path / "words_only.txt"
+    words_only.write_text("\n".join(words) + "\n")
+    with pytest.raises(DataError, match=r"words_only.txt:1: 'the' has no numbers after the word"):
+        load_vectors(str(words_only), words, root=tmp_path)
+    short = write_text_vectors(tmp_path / "short.txt", words, matrix, header=True)
+    short.write_text(short.read_text().replace("6 4", "9 4", 1))
+    with pytest.raises(DataError, match=r"short.txt: the header promises 9 words but the file holds 6"):
+        load_vectors(str(short), words, root=tmp_path)
+    wrong_dim = write_word2vec_binary(tmp_path / "wrong_dim.bin", words, matrix)
+    data = wrong_dim.read_bytes()
+    wrong_dim.write_bytes(data.replace(b"6 4\n", b"6 3\n", 1))
+    with pytest.raises(DataError, match=r"wrong_dim.bin: (the header promises 6 words of 3 floats|the vector of)"):
+        load_vectors(str(wrong_dim), words, root=tmp_path)
+
+
+def test_a_broken_preparation_is_never_cached(tmp_path):
+    """A vectors file that fails validation leaves no cache behind: fixing the file is enough."""
+    from fixtures.data_files import snippets_text
+
+    from seqep.data import load_dataset
+
+    (tmp_path / "s.txt").write_bytes(snippets_text(40))
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("3\n" + "\n".join(f"{w} 1.0" for w in WORDS) + "\n")  # a one-number header
+    cfg = {"_target_": "seqep.data.RtSnippets", "root": str(tmp_path), "vectors": str(vectors), "seq_len": 5,
+           "txt": str(tmp_path / "s.txt"), "verify_sha256": False}
+    with pytest.raises(DataError, match="malformed word2vec header"):
+        load_dataset(cfg)
+    assert not list(tmp_path.glob("cache/*"))
+    write_text_vectors(vectors, WORDS, fixture_vectors(), header=False)  # fixed: prepared and cached now
+    assert load_dataset(cfg).embed_dim == 4 and list(tmp_path.glob("cache/*"))

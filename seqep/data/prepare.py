@@ -106,6 +106,9 @@ def prepare_text_dataset(
         name=cfg.name, kind=cfg.kind, seq_len=cfg.seq_len, n_classes=n_classes, vectors=matrix,
         splits=splits, synthetic=False, info=info, words=[PAD_WORD, *words],
     )
+    if bundle.embed_dim < 1 or not np.isfinite(bundle.vectors.numpy()).all():  # never cache a broken preparation
+        raise DataError(f"dataset {cfg.name}: the vectors from {vecs.source} are not usable ({bundle.embed_dim}-d, "
+                        f"finite: {bool(np.isfinite(bundle.vectors.numpy()).all())}); check the vectors file")
     if cfg.use_cache:
         save_bundle(path, bundle)
     bundle.info.update(from_cache=False, seconds=round(time.perf_counter() - start, 3))

@@ -163,7 +163,20 @@ def _read_word2vec_binary(path: Path, wanted: set[str]) -> tuple[list[str], list
                 wanted.discard(word)
                 words.append(word)
                 rows.append(np.frombuffer(buf, dtype="<f4", count=dim, offset=start).copy())
+        rest = buf[pos:] + f.read(_CHUNK)
+        if rest.strip():  # the header's count x dim does not cover the file: its dimension (or count) is wrong
+            raise DataError(f"{path}: the header promises {count} words of {dim} floats, but data follows them; "
+                            f"the header's count or dimension does not match the file")
+    _check_values(path, words, rows, dim)
     return words, rows
+
+
+def _check_values(path: Path, words: list[str], rows: list[np.ndarray], dim: int) -> None:
+    """Word vectors are finite numbers of ordinary size; NaN or 1e38 means the file was read with the wrong layout."""
+    for word, row in zip(words, rows):
+        if not np.isfinite(row).all() or np.abs(row).max(initial=0.0) > 1e6:
+            raise DataError(f"{path}: the vector of {word!r} holds {row[~np.isfinite(row) | (np.abs(row) > 1e6)][0]:g}"
+                            f": not a {dim}-number word vector (wrong dimension in the header?)")
 
 
 def _text_lines(path: Path) -> Iterator[str]:
@@ -175,20 +188,27 @@ def _read_text(path: Path, wanted: set[str], header: bool | None) -> tuple[list[
     """word2vec text (`header=True`), GloVe text (`header=False`) or sniffed (`None`: a 2-integer first line)."""
     words: list[str] = []
     rows: list[np.ndarray] = []
-    dim = None
+    dim = count = None
+    entries = 0
     for lineno, line in enumerate(_text_lines(path), start=1):
         line = line.rstrip()
         if lineno == 1:
+            parts = line.split(" ")
             if header is None:
-                parts = line.split(" ")
                 header = len(parts) == 2 and all(p.isdigit() for p in parts)
+                if len(parts) == 1 and parts[0].isdigit():
+                    raise DataError(f"{path}:1: malformed word2vec header {line[:60]!r} (expected '<count> <dim>')")
             if header:
-                dim = _parse_header(line.encode(), path)[1]
+                count, dim = _parse_header(line.encode(), path)
                 continue
         if not line:
             continue
+        entries += 1
         if dim is None:
             dim = len(line.split(" ")) - 1
+            if dim < 1:
+                raise DataError(f"{path}:{lineno}: {line[:60]!r} has no numbers after the word: not a vectors file "
+                                f"(text formats: '<word> <n1> ... <nd>' per line)")
         word = line.split(" ", 1)[0]
         if word not in wanted:
             continue
@@ -204,6 +224,10 @@ def _read_text(path: Path, wanted: set[str], header: bool | None) -> tuple[list[
         wanted.discard(word)
         words.append(word)
         rows.append(vector)
+    if count is not None and entries != count:
+        raise DataError(f"{path}: the header promises {count} words but the file holds {entries} vector lines "
+                        f"(a truncated or edited file?)")
+    _check_values(path, words, rows, dim or 0)
     return words, rows
 
 
