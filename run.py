@@ -4,6 +4,8 @@ A user error (bad value, unknown option or key, missing file, mismatched checkpo
 `error: ...` on stderr and exits with status 2.
 """
 
+import errno
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +18,23 @@ from seqep.data.errors import DataError
 from seqep.errors import SeqepError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT)
+
+
+def check_writable(overrides: list[str]) -> None:
+    """The folder runs are written to must take files: one line now rather than Hydra's traceback later."""
+    root = "outputs"
+    for arg in overrides:
+        if arg.startswith(("paths.output_root=", "hydra.run.dir=", "hydra.sweep.dir=")):
+            root = arg.split("=", 1)[1]
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        probe = Path(root) / f".seqep-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SeqepError(f"cannot write run directories under {root} ({err.strerror}): choose a writable "
+                         f"paths.output_root (or hydra.run.dir)") from None
 
 
 def fail(err: Exception) -> None:
@@ -33,6 +52,11 @@ def main(cfg: DictConfig):
         return run_job(cfg)  # in a multirun a failing job is recorded and the others run (seqep.tasks.run_job)
     except (SeqepError, DataError) as err:
         fail(err)
+    except OSError as err:  # a full disk, a read-only or vanished output directory
+        if err.errno not in WRITE_ERRORS:
+            raise
+        fail(SeqepError(f"could not write {err.filename or 'the run directory'}: {err.strerror}; free space there "
+                        f"or choose another paths.output_root"))
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops cleanly itself)
         print("stopped by SIGINT", file=sys.stderr, flush=True)
         sys.exit(130)
@@ -42,6 +66,8 @@ if __name__ == "__main__":
     if not {"-cp", "--config-path", "-cd", "--config-dir"} & set(sys.argv):
         try:
             check_group_options(sys.argv[1:], CONF_DIR)
+            if not {"--cfg", "-c", "--help", "-h", "--info", "-i", "--hydra-help"} & set(sys.argv):
+                check_writable(sys.argv[1:])
             if "launcher=slurm" in sys.argv and not shutil.which("sbatch") and not {"--cfg", "-c"} & set(sys.argv):
                 raise SeqepError("launcher=slurm submits jobs with SLURM's sbatch, which this machine does not have: "
                                  "run it on the cluster's login node, or try the same code path here with "

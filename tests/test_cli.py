@@ -270,3 +270,9 @@ def test_two_runs_in_one_directory_the_second_fails_before_writing(tmp_path):
     from seqep.tasks import check_run_dir_free
 
     check_run_dir_free(shared)  # the first run ended: its directory is free again (the kernel dropped the lock)
+
+
+def test_an_output_root_that_takes_no_files_is_one_line(tmp_path):
+    proc = run_cli(*TINY, "paths.output_root=/sys/seqep-outputs", tmp_path=tmp_path)
+    assert_one_line_error(proc, "cannot write run directories under /sys/seqep-outputs",
+                          "choose a writable paths.output_root")

@@ -262,3 +262,14 @@ def test_nan_advice_names_the_nudge_only_when_it_is_large():
 
     assert "betas" not in nan_advice(EP(betas=(0.0, 0.01)))
     assert "algorithm.betas[1]=0.9 is large" in nan_advice(EP(betas=(0.0, 0.9)))
+
+
+def test_resume_refuses_a_last_checkpoint_with_flipped_bits(tmp_path):
+    """Flipped bytes in last.pt's tensor data (the Adam state or the weights) are caught by the zip CRCs."""
+    from test_checkpoint import _flip_tensor_bytes
+
+    first = tmp_path / "first"
+    dispatch(make_cfg(first, "trainer.epochs=1"))
+    _flip_tensor_bytes(first / "checkpoints" / "last.pt")
+    with pytest.raises(SeqepError, match=r"last.pt is corrupt: the CRC of .* does not match its data"):
+        dispatch(make_cfg(tmp_path / "resumed", "trainer.epochs=2", f"checkpoint.resume={first}"))
