@@ -263,8 +263,9 @@ def run_name(task: str, trained: str, load: str | None) -> str:
     if task == "train":
         return trained
     if load:
-        path = Path(str(load))
-        run = path.parent.parent if path.parent.name == "checkpoints" else path if path.is_dir() else path.parent
+        from seqep.training.checkpoint import run_dir_of
+
+        run = run_dir_of(Path(str(load)))
         label = re.sub(r"^\d\d-\d\d-\d\d(-\d+)?_", "", run.name) or run.name  # the run dir's time prefix dropped
         return f"{task}_{label}"
     return f"{task}_{trained}"

@@ -26,6 +26,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from seqep.utils import flatten
+
 log = logging.getLogger(__name__)
 
 METRICS = ("test/acc", "val/best_acc")  # summarised and plotted when present, in this order
@@ -57,17 +59,7 @@ def _natural(path: Path) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"algorithm": {"T": 20}}` -> `{"algorithm.T": 20}`; lists stay whole (one cell, as JSON)."""
-    if not isinstance(node, dict):
-        return {prefix: json.dumps(node) if isinstance(node, list) else node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
-    return out
-
-
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text()) if path.is_file() else None
     except yaml.YAMLError:
@@ -88,10 +80,10 @@ def read_run(path: Path) -> dict[str, Any]:
         row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
     row.setdefault("status", "completed")
     row["run_dir"] = str(path)
-    config = _read_yaml(path / "config.yaml") or _read_yaml(path / ".hydra" / "config.yaml") or {}
+    config = read_yaml(path / "config.yaml") or read_yaml(path / ".hydra" / "config.yaml") or {}
     for key, value in flatten(config).items():
         row[f"config.{key}"] = value
-    overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
+    overrides = read_yaml(path / ".hydra" / "overrides.yaml") or []
     row["overrides"] = " ".join(map(str, overrides))
     return row
 

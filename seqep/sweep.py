@@ -58,7 +58,7 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     columns: list[dict[str, Any]] = []
     for run_dir in df.get("run_dir", []):
         row = {}
-        for text in results._read_yaml(Path(run_dir) / ".hydra" / "overrides.yaml") or []:
+        for text in results.read_yaml(Path(run_dir) / ".hydra" / "overrides.yaml") or []:
             parsed = _parse_override(str(text))
             if parsed is not None:
                 row[parsed[0]] = parsed[1]

@@ -69,6 +69,18 @@ def configure_threads(parallel_jobs: int = 1) -> int:
     return torch.get_num_threads()
 
 
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """`{"algorithm": {"T": 20}}` -> `{"algorithm.T": 20}`; lists stay whole (one value, as JSON)."""
+    import json
+
+    if not isinstance(node, dict):
+        return {prefix: json.dumps(node) if isinstance(node, list) else node}
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        out.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return out
+
+
 LOG = logging.getLogger("seqep")
 
 

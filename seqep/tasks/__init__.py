@@ -173,7 +173,9 @@ def dispatch(cfg: DictConfig) -> dict[str, Any]:
     finally:
         unlock_run_dirs()
     summary = {"task": cfg.task, **summary, **provenance, "environment": environment(cfg.device)}
-    (run_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    tmp = run_dir / "summary.json.tmp"  # atomically: sweeps read it while other jobs run
+    tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    os.replace(tmp, run_dir / "summary.json")
     return summary
 
 

@@ -17,12 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from seqep.training import checkpoint as ckpt
 
 GROUPS = ("dataset", "model", "algorithm")  # what a checkpoint's weights mean
-# configs stored before the groups named classes: `name:` -> the class
-LEGACY_TARGETS = {
-    "algorithm": {"ep": "seqep.estimators.EP", "bptt": "seqep.estimators.BPTT"},
-    "dataset": {"rt_snippets": "seqep.data.RtSnippets", "imdb": "seqep.data.Imdb", "snli": "seqep.data.Snli",
-                "synth_sentiment": "seqep.data.SynthSentiment", "synth_nli": "seqep.data.SynthNli"},
-}
+# keys of configs stored before the groups named classes (ckpt.LEGACY_TARGETS) that the classes do not take
 LEGACY_UNUSED = {"algorithm": {"ep": ("name", "truncate"), "bptt": ("name", "variant", "betas")},
                  "dataset": ("kind", "n_classes")}
 
@@ -45,7 +40,7 @@ def modern(group: str, node: dict[str, Any]) -> dict[str, Any]:
         return {"_target_": "seqep.network.HopfieldEPNet", **node}
     name = str(node.get("name"))
     unused = LEGACY_UNUSED[group].get(name, ()) if group == "algorithm" else LEGACY_UNUSED[group]
-    return {"_target_": LEGACY_TARGETS[group][name], **{k: v for k, v in node.items() if k not in unused}}
+    return {"_target_": ckpt.LEGACY_TARGETS[group][name], **{k: v for k, v in node.items() if k not in unused}}
 
 
 def explicit_overrides() -> list[str]:

@@ -1,4 +1,5 @@
-"""`task=train` and `task=test`: build the objects from the config, run the `Trainer`, write `summary.json`.
+"""`task=train` and `task=test`: build the objects from the config, run the `Trainer`, return the summary
+(`seqep.tasks.dispatch` writes it to `summary.json`; a stopped or failed run writes its own here).
 
     run_training(cfg, run_dir) -> summary dict
     run_test(cfg, run_dir)     -> summary dict     (evaluates checkpoint.load on the validation and test splits)
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from seqep.config import target_name
 from seqep.data import iterate_batches
 from seqep.diagnostics import Diagnostics
 from seqep.errors import SeqepError
@@ -66,11 +68,11 @@ def feed(dataset: Any, data: Any, device: torch.device, dtype: torch.dtype) -> F
 
 def job_type(cfg: DictConfig) -> str:
     """The learning rule's class name in lower case (`ep`, `bptt`, `myrule`): W&B's job type."""
-    return str(cfg.algorithm._target_).rsplit(".", 1)[-1].lower()
+    return target_name(cfg.algorithm._target_)
 
 
 def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Train per `cfg`, select on validation, report test accuracy of the best checkpoint; write summary.json."""
+    """Train per `cfg`, select on validation, report test accuracy of the best checkpoint; returns the summary."""
     run_dir, started = Path(run_dir), time.time()
     if cfg.checkpoint.resume and cfg.checkpoint.load:
         raise SeqepError("give checkpoint.resume (continue a run) or checkpoint.load (start from weights), not both")
@@ -120,7 +122,6 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             "checkpoint": str(trainer.best_path) if trainer.best_path.exists() else None,
             "run_dir": str(run_dir),
         }
-        write_json(run_dir / "summary.json", summary)
         tracker.log_summary(summary)
         chosen = (f"epoch {progress.best_epoch}, val acc {progress.best_acc:.4f}" if progress.best_epoch
                   else "no epoch trained")
@@ -158,7 +159,6 @@ def run_test(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         summary = {"status": "completed", **metrics, "checkpoint": meta["path"], "checkpoint_kind": meta["kind"],
                    "checkpoint_epoch": meta.get("epoch"), **algorithm_summary(cfg, estimator), "dataset": data.name,
                    "run_dir": str(run_dir)}
-        write_json(run_dir / "summary.json", summary)
         tracker.log_summary(summary)
     say(f"{meta['path']} ({meta['kind']}): val acc {metrics['val/acc']:.4f} | test acc {metrics['test/acc']:.4f} "
           f"(loss {metrics['test/loss']:.4f})")

@@ -285,10 +285,13 @@ def load_weights(model: nn.Module, target: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ resume
-# Checkpoints written before the groups named their classes recorded `name: adam|sgd|cosine|none`.
+# Configs stored before the groups named their classes recorded `name:`; the class each name meant.
 LEGACY_TARGETS = {
     "optimizer": {"adam": "torch.optim.Adam", "sgd": "torch.optim.SGD"},
     "scheduler": {"cosine": "torch.optim.lr_scheduler.CosineAnnealingLR", "none": None},
+    "algorithm": {"ep": "seqep.estimators.EP", "bptt": "seqep.estimators.BPTT"},
+    "dataset": {"rt_snippets": "seqep.data.RtSnippets", "imdb": "seqep.data.Imdb", "snli": "seqep.data.Snli",
+                "synth_sentiment": "seqep.data.SynthSentiment", "synth_nli": "seqep.data.SynthNli"},
 }
 
 
@@ -338,7 +341,10 @@ def restore_training(target: str | os.PathLike, model: nn.Module, optimizer: tor
 
 
 def run_dir_of(path: Path) -> Path:
-    """The run directory a checkpoint file belongs to."""
+    """The run directory of a checkpoint file (`<run>/checkpoints/x.pt` or `<run>/x.pt`) or of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        return path
     return path.parent.parent if path.parent.name == CKPT_DIR else path.parent
 
 

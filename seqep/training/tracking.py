@@ -28,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seqep.errors import SeqepError
+from seqep.utils import flatten
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -58,16 +59,6 @@ def _clean(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
     return value
-
-
-def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------ loggers
@@ -152,7 +143,7 @@ class TensorBoardLogger:
                     metrics[f"hparam/{key}"] = value
         if self.config:  # the config as hyper-parameters, against the final accuracies
             hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-                       for k, v in _flat(self.config).items() if not k.startswith(("paths.", "logger."))}
+                       for k, v in flatten(self.config).items() if not k.startswith(("paths.", "logger."))}
             self.writer.add_hparams(hparams, metrics, run_name=".", global_step=self.step)
         self.writer.flush()
 
