@@ -71,6 +71,7 @@ class TrainerConfig:
     diagnostics_tol: float = 1e-3  # an example whose largest last-step state change exceeds this is unsettled
     progress: Any = "auto"  # tqdm progress bar: auto (only when stderr is a terminal) | true | false
     stop_on_dead: bool = True  # stop (failed) after an epoch in which every output was tied: nothing can be learnt
+    devices: int = 1  # worker processes of one training on this machine (data-parallel; one GPU each on CUDA)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class BenchConfig:
     old_code_batches: bool = True  # also time the old code's autograd-of-Φ step
     ceiling_size: Optional[int] = None  # matmul size of the GFLOP/s ceiling; null = 2048 on CPU, 8192 on GPU
     compile: bool = False  # also time a torch.compile'd step
+    workers: Optional[list[int]] = None  # data-parallel rows: worker counts; null = [1, 2] on CPU, [1, every GPU]
+    parallel_shape: str = "snli"  # the shape of the data-parallel rows ([] workers = none)
 
 
 @dataclass
@@ -335,6 +338,15 @@ def validate(cfg: DictConfig) -> None:
         value = t[key]
         if value is not None and (value < 0 or (value == 0 and not (key == "epochs" and cfg.task != "train"))):
             raise SeqepError(f"trainer.{key}={value} must be > 0")
+    if t.devices < 1:
+        raise SeqepError(f"trainer.devices={t.devices} must be >= 1 (worker processes of one training)")
+    batch = OmegaConf.select(cfg, "dataset.batch_size", default=None)
+    if t.devices > 1 and isinstance(batch, int) and batch < t.devices:
+        raise SeqepError(f"dataset.batch_size={batch} is smaller than trainer.devices={t.devices}: the batch is "
+                         f"split across the workers, so give each at least one example")
+    if t.devices > 1 and cfg.task != "train":
+        raise SeqepError(f"trainer.devices={t.devices}: only task=train runs on several workers; task={cfg.task} "
+                         f"runs in one process, so drop trainer.devices")
     if t.progress not in PROGRESS:
         raise SeqepError(f"trainer.progress={t.progress!r} is not allowed; choose one of: auto, true, false")
     for key in ("probe_every", "diagnostics_every", "log_every"):

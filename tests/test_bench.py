@@ -39,7 +39,7 @@ def bench_cfg(*overrides):
         return compose("config", overrides=[
             "task=bench", "device=cpu", "logger=none", "bench.shapes=[tiny]", "bench.repeats=1",
             "bench.memory_T=[2,4]", "bench.memory_shape=tiny", "bench.ceiling_size=64",
-            "bench.old_code_batches=false", *overrides])
+            "bench.old_code_batches=false", "bench.workers=[1,2]", "bench.parallel_shape=tiny", *overrides])
 
 
 def test_run_bench_writes_json_with_positive_numbers(tmp_path):
@@ -63,6 +63,10 @@ def test_run_bench_writes_json_with_positive_numbers(tmp_path):
     assert summary["speedup/closed/tiny/train/ep"] > 0
     assert report["settings"]["optimizer"]["_target_"] == "torch.optim.Adam"
     assert report["settings"]["optimizer"]["lr"] == LR and report["settings"]["optimizer"]["lrs"] is None
+    parallel = report["data_parallel"]  # 1 and 2 worker processes, the tiny batch of 4 split 2 + 2
+    assert [(r["workers"], r["batch"]) for r in parallel] == [(1, 4), (2, 4)]
+    assert all(r["samples_per_s"] > 0 for r in parallel) and parallel[0]["speedup_vs_1"] == 1.0
+    assert summary["data_parallel/tiny/2_workers/samples_per_s"] == parallel[1]["samples_per_s"]
 
 
 def test_bench_builds_the_runs_optimizer_with_one_small_learning_rate():

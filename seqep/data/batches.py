@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -19,11 +19,14 @@ def iterate_batches(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     drop_last: bool = False,
+    part: Callable[[int], slice] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(x, y)`: `x = vectors[ids]` of shape `(B, S, d)` in `dtype` on `device`, `y` int64 `(B,)`.
 
     `shuffle` draws one permutation per call from `generator` (a CPU `torch.Generator`; the global RNG if None).
     The last batch is smaller unless `drop_last`. The vector matrix `(V, d)` is moved to `device` once per call.
+    `part`: this worker's share of a batch of n (`World.part`, data-parallel runs): every worker draws the same
+    order and takes its own disjoint slice of each batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -33,5 +36,7 @@ def iterate_batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
+        if part is not None:
+            idx = idx[part(len(idx))]
         ids = split.ids[idx].to(device=device, dtype=torch.long, non_blocking=True)
         yield table[ids], split.labels[idx].to(device=device, non_blocking=True)

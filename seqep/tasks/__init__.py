@@ -99,7 +99,9 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
     validate(cfg)
     hc = _hydra_config()
     run_dir = resolve_run_dir(cfg)
-    lock_run_dir(run_dir)
+    world = join_workers(cfg)
+    if world.main:  # the other workers of a data-parallel run write nothing
+        lock_run_dir(run_dir)
     configure_threads(parallel_jobs(hc))
     seed_everything(cfg.seed)
     cfg.device = str(resolve_device(cfg.device))
@@ -110,8 +112,23 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation in a user override that points nowhere
         raise SeqepError(f"the config does not resolve: {str(err).splitlines()[0]}") from err
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if world.main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     return cfg, run_dir, provenance
+
+
+def join_workers(cfg: DictConfig):
+    """A launcher that started several tasks for this job (SLURM `tasks_per_node` x `nodes`, submitit local): the
+    tasks become the workers of one data-parallel training (`seqep.training.distributed`). Returns the World."""
+    from seqep.training import distributed
+
+    tasks = distributed.launcher_tasks()
+    if tasks is None:
+        return distributed.current()
+    if cfg.task != "train":
+        raise SeqepError(f"the launcher started {tasks.size} tasks for this job, but only task=train runs on several "
+                         f"workers: use hydra.launcher.tasks_per_node=1 and hydra.launcher.nodes=1")
+    return distributed.join_launcher_tasks(str(resolve_device(str(cfg.device))), int(cfg.trainer.devices))
 
 
 _LOCKS: dict[Path, int] = {}  # run dir -> the open descriptor holding its lock
@@ -167,11 +184,23 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def dispatch(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns its summary (Hydra hands it to callbacks as the job's return value)."""
+    from seqep.training import distributed
+
+    world = distributed.current()
     try:
         cfg, run_dir, provenance = prepare(cfg)
+        world = distributed.current()
         summary = run_task(cfg, run_dir) or {}
+    except Exception as err:
+        if world.active and not world.main:  # a worker of a launcher's tasks: rank 0 records the job
+            raise SeqepError(f"rank {world.rank} of {world.size}: {str(err).strip().splitlines()[0]}") from err
+        raise
     finally:
         unlock_run_dirs()
+        if distributed.launcher_tasks() is not None:  # this job's tasks were joined: leave the group
+            distributed.leave()
+    if not world.main:
+        return summary
     summary = {"task": cfg.task, **summary, **provenance, "environment": environment(cfg.device)}
     tmp = run_dir / "summary.json.tmp"  # atomically: sweeps read it while other jobs run
     tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
@@ -191,9 +220,14 @@ def run_job(cfg: DictConfig) -> Any:
     """What `run.py` runs for each job: `dispatch`; in a multirun a failing job is recorded, not raised, so every
     other job still runs and the sweep's table is written (`seqep.sweep`). Returns the summary, or the value of
     `optimized_metric` for a search (NaN when the job failed: the trial counts as failed)."""
+    from seqep.training import distributed
+
     try:
         summary = dispatch(cfg)
     except Exception as err:
+        tasks = distributed.launcher_tasks()
+        if tasks is not None and not tasks.main:  # a worker other than rank 0: rank 0 records the job
+            raise
         if not in_multirun():
             raise
         summary = record_failure(cfg, err)

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seqep.config import target_name
 from seqep.data import iterate_batches
 from seqep.diagnostics import Diagnostics
 from seqep.errors import SeqepError
 from seqep.training import checkpoint as ckpt
+from seqep.training import distributed
 from seqep.training.builders import (
     build_dataset,
     build_estimator,
@@ -29,21 +30,26 @@ from seqep.training.builders import (
     build_scheduler,
     describe,
 )
+from seqep.training.distributed import World
 from seqep.training.stop import Interrupted, StopSignals
-from seqep.training.tracking import Tracker, resolved_config
+from seqep.training.tracking import NullTracker, Tracker, resolved_config
 from seqep.training.trainer import Feed, Progress, Saving, Trainer
-from seqep.utils import resolve_device, resolve_dtype, say
+from seqep.utils import resolve_device, resolve_dtype, say, seed_everything
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
-    """Data, network (weights from `checkpoint.load` if given), learning rule, optimizer, schedule, diagnostics."""
-    device, dtype = resolve_device(str(cfg.device)), resolve_dtype(str(cfg.dtype))
+def build_trainer(cfg: DictConfig, run_dir: Path, world: World | None = None) -> Trainer:
+    """Data, network (weights from `checkpoint.load` if given), learning rule, optimizer, schedule, diagnostics.
+    `world`: this worker's place in a data-parallel run (`seqep.training.distributed`)."""
+    world = world or World()
+    device = resolve_device(distributed.worker_device(str(cfg.device), world))
+    dtype = resolve_dtype(str(cfg.dtype))
     dataset = build_dataset(cfg.dataset)
     data = dataset.load()
     net = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim).to(device=device, dtype=dtype)
     if cfg.checkpoint.load:
         meta = ckpt.load_weights(net, cfg.checkpoint.load)
         say(f"loaded weights from {meta['path']} ({meta['kind']})")
+    world.broadcast_parameters(net)
     optimizer = build_optimizer(cfg.optimizer, net)
     schedule = build_scheduler(cfg.scheduler, optimizer)
     generators = {"data": torch.Generator().manual_seed(cfg.seed),  # batch order
@@ -56,14 +62,41 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
                                            dtype=dtype))
     diagnostics = Diagnostics(estimator, every=t.diagnostics_every, tol=t.diagnostics_tol,
                               probe_every=t.probe_every, probe_batch=probe_batch)
-    return Trainer(t, net, estimator, feed(dataset, data, device, dtype), optimizer=optimizer, schedule=schedule,
+    return Trainer(t, net, estimator, feed(dataset, data, device, dtype, world), optimizer=optimizer, schedule=schedule,
                    diagnostics=diagnostics, saving=Saving(run_dir, resolved_config(cfg), cfg.checkpoint.save_every),
                    generators=generators)
 
 
-def feed(dataset: Any, data: Any, device: torch.device, dtype: torch.dtype) -> Feed:
-    """The batches of a loaded dataset at the dataset's batch sizes (evaluation: `eval_batch_size` or the same)."""
-    return Feed(data, int(dataset.batch_size), int(dataset.eval_batch_size or dataset.batch_size), device, dtype)
+def feed(dataset: Any, data: Any, device: torch.device, dtype: torch.dtype, world: World | None = None) -> Feed:
+    """The batches of a loaded dataset at the dataset's batch sizes (evaluation: `eval_batch_size` or the same);
+    in a data-parallel run each worker's share of them."""
+    return Feed(data, int(dataset.batch_size), int(dataset.eval_batch_size or dataset.batch_size), device, dtype,
+                world or World())
+
+
+def train_on_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """`trainer.devices=N`: the training in N worker processes on this machine (this process waits for them);
+    rank 0's summary. A failed worker stops them all: summary.json says which rank and why."""
+    devices, device = int(cfg.trainer.devices), str(cfg.device)
+    plain = OmegaConf.create(resolved_config(cfg))  # plain values: the workers need no resolvers
+    say(f"training on {devices} worker processes ({distributed.backend_for(device)}; global batch "
+        f"{cfg.dataset.batch_size}, each worker a share of it)")
+    try:
+        return distributed.launch(run_training, (plain, run_dir), devices, device, run_dir)
+    except distributed.WorkerFailed as err:
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        if err.signal_name is None or summary.get("status") != "interrupted":
+            write_json(path, {**summary, "status": "failed", "error": str(err), "workers": devices})
+        raise
+
+
+def workers(world: World, cfg: DictConfig) -> str:
+    """The run header's note on a data-parallel run."""
+    if not world.active:
+        return ""
+    return f" | {world.size} workers ({distributed.backend_for(str(cfg.device))}), {world.size // world.local_size} " \
+           f"machine(s)"
 
 
 def job_type(cfg: DictConfig) -> str:
@@ -72,11 +105,22 @@ def job_type(cfg: DictConfig) -> str:
 
 
 def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Train per `cfg`, select on validation, report test accuracy of the best checkpoint; returns the summary."""
+    """Train per `cfg`, select on validation, report test accuracy of the best checkpoint; returns the summary.
+
+    `trainer.devices=N` (N > 1): N worker processes run this same function as one data-parallel training
+    (`seqep.training.distributed`); rank 0 writes and returns the summary, the others return {}."""
     run_dir, started = Path(run_dir), time.time()
     if cfg.checkpoint.resume and cfg.checkpoint.load:
         raise SeqepError("give checkpoint.resume (continue a run) or checkpoint.load (start from weights), not both")
-    trainer = build_trainer(cfg, run_dir)
+    if distributed.in_torchrun():
+        raise SeqepError("torchrun starts one Hydra run (and run directory) per process: run one process with "
+                         "trainer.devices=N instead (or, on SLURM, launcher=slurm with hydra.launcher.tasks_per_node)")
+    world = distributed.current()
+    if int(cfg.trainer.devices) > 1 and not world.active:
+        return train_on_workers(cfg, run_dir)
+    if world.active:
+        seed_everything(int(cfg.seed))  # every worker builds the same model and draws the same batch order
+    trainer = build_trainer(cfg, run_dir, world)
     resume = cfg.checkpoint.resume
     if not resume and trainer.last_path.is_file():  # this very job ran before (a SLURM requeue): go on from there
         say(f"{trainer.last_path} exists: this job ran before (e.g. requeued after its time limit); resuming it")
@@ -86,20 +130,25 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     n_params = sum(p.numel() for p in net.parameters())
     say(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, L={data.seq_len}, "
           f"d={data.embed_dim} | model {net.kind} fc={net.fc} ({n_params:,} parameters) | {describe(estimator)} | "
-          f"{trainer.device} | {run_dir}")
+          f"{trainer.device}{workers(world, cfg)} | {run_dir}")
 
-    with StopSignals() as stop, Tracker.from_config(cfg, run_dir, history=progress.history,
-                                                   job_type=job_type(cfg)) as tracker:
+    tracking = Tracker.from_config(cfg, run_dir, history=progress.history, job_type=job_type(cfg)) \
+        if world.main else NullTracker()
+    with StopSignals(distributed.stop_signals()) as stop, tracking as tracker:
         trainer.stop = stop
         try:
             trainer.fit(tracker, progress)
         except SeqepError as err:  # a signal, a NaN stop and the like: what finished is kept, and said
+            if not world.main:
+                raise
             write_json(run_dir / "summary.json", {
                 "status": "interrupted" if isinstance(err, Interrupted) else "failed", "error": str(err),
                 "epochs": progress.epoch, "val/best_acc": progress.best_acc if progress.best_epoch else None,
                 "best_epoch": progress.best_epoch, "last_checkpoint": progress.last_good})
             raise
         test = trainer.test()
+        if not world.main:
+            return {}
         last = tracker.rows[-1] if tracker.rows else {}
         summary = {
             "status": "completed",
@@ -119,6 +168,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             "dataset": data.name,
             "model.fc": list(net.fc),
             "n_params": n_params,
+            "workers": world.size,
             "checkpoint": str(trainer.best_path) if trainer.best_path.exists() else None,
             "run_dir": str(run_dir),
         }

@@ -26,8 +26,8 @@ class StopSignals:
     """`with StopSignals() as stop:` ... `stop.check(...)` between batches raises `Interrupted` once a signal came.
     Only the main thread can take signals; elsewhere it does nothing."""
 
-    def __init__(self) -> None:
-        self.received: str | None = None
+    def __init__(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+        self.signals, self.received = signals, None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -37,7 +37,7 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -45,7 +45,9 @@ class StopSignals:
             signal.signal(sig, previous)
         self._previous = {}
 
-    def check(self, where: str, last_good: str, run_dir: Any) -> None:
-        if self.received:
-            raise Interrupted(f"stopped by {self.received} {where}; the last good checkpoint is {last_good}; "
-                              f"continue with: python run.py checkpoint.resume={run_dir}", self.received)
+    def check(self, where: str, last_good: str, run_dir: Any, received: str | None = None) -> None:
+        """Raise `Interrupted` when a signal came (`received`: one that came to another worker of the run)."""
+        received = received or self.received
+        if received:
+            raise Interrupted(f"stopped by {received} {where}; the last good checkpoint is {last_good}; "
+                              f"continue with: python run.py checkpoint.resume={run_dir}", received)

@@ -261,3 +261,28 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(exit_code=0 if exc_type is None else 1)
+
+
+class NullTracker(Tracker):
+    """What the workers other than rank 0 of a data-parallel run log to: nothing (rank 0 writes every file)."""
+
+    def __init__(self) -> None:
+        self.rows, self.loggers = [], {}
+
+    def log_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_batch(self, step: int, metrics: dict[str, Any], epoch: int) -> None:
+        pass
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def log_images(self, images: dict[str, Path]) -> None:
+        pass
+
+    def log_table(self, name: str, frame: Any) -> None:
+        pass
+
+    def close(self, exit_code: int = 0) -> None:
+        pass

@@ -29,6 +29,7 @@ from seqep.estimators import Estimator
 from seqep.network import Network
 from seqep.training import checkpoint as ckpt
 from seqep.training.builders import Schedule
+from seqep.training.distributed import World
 from seqep.training.stop import StopSignals
 from seqep.training.tracking import Tracker
 from seqep.utils import say
@@ -72,22 +73,27 @@ def nan_advice(estimator: Any) -> str:
     return advice
 
 
-def check_finite(epoch: int, batch: int, out, net: Network, last_good: str, advice: str = "") -> None:
-    what = None
-    if not torch.isfinite(out.loss).all():
-        what = f"the loss ({float(out.loss):.4g})"
-    else:
+def nonfinite(out, net: Network) -> str | None:
+    """What holds a NaN or Inf after a training step, if anything: the loss, a phase's states or the weights."""
+    if out is not None:
+        if not torch.isfinite(out.loss).all():
+            return f"the loss ({float(out.loss):.4g})"
         for phase, res in {"free": out.free, **out.phases}.items():
             if not all(bool(torch.isfinite(s).all()) for s in res.states):
-                what = f"the {phase}-phase states"
-                break
-        else:
-            bad = [n for n, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
-            if bad:
-                what = f"the weights ({', '.join(bad)})"
+                return f"the {phase}-phase states"
+    bad = [n for n, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+    return f"the weights ({', '.join(bad)})" if bad else None
+
+
+def nonfinite_error(what: str, epoch: int, batch: int, last_good: str, advice: str = "") -> NonFiniteError:
+    return NonFiniteError(f"NaN or Inf in {what} at epoch {epoch}, batch {batch}: training stopped; "
+                          f"last good checkpoint: {last_good}; {advice or nan_advice(None)}")
+
+
+def check_finite(epoch: int, batch: int, out, net: Network, last_good: str, advice: str = "") -> None:
+    what = nonfinite(out, net)
     if what is not None:
-        raise NonFiniteError(f"NaN or Inf in {what} at epoch {epoch}, batch {batch}: training stopped; "
-                             f"last good checkpoint: {last_good}; {advice or nan_advice(None)}")
+        raise nonfinite_error(what, epoch, batch, last_good, advice)
 
 
 @dataclass
@@ -99,14 +105,19 @@ class Feed:
     eval_batch_size: int
     device: torch.device
     dtype: torch.dtype
+    world: World = field(default_factory=World)  # data-parallel: each worker gets its share of every batch
+
+    @property
+    def part(self):
+        return self.world.part if self.world.active else None
 
     def train(self, generator: torch.Generator):
         return iterate_batches(self.data.train, self.data.vectors, self.batch_size, shuffle=True,
-                               generator=generator, device=self.device, dtype=self.dtype)
+                               generator=generator, device=self.device, dtype=self.dtype, part=self.part)
 
     def eval(self, split: str):
         return iterate_batches(self.data.split(split), self.data.vectors, self.eval_batch_size, shuffle=False,
-                               device=self.device, dtype=self.dtype)
+                               device=self.device, dtype=self.dtype, part=self.part)
 
 
 @dataclass
@@ -151,6 +162,10 @@ class Trainer:
         return self.feed.data
 
     @property
+    def world(self) -> World:
+        return self.feed.world
+
+    @property
     def device(self) -> torch.device:
         return self.feed.device
 
@@ -169,8 +184,7 @@ class Trainer:
         if progress.epoch >= epochs:
             say(f"nothing to train: {progress.epoch} epochs done, trainer.epochs={epochs} (raise it to continue)")
         for epoch in range(progress.epoch + 1, epochs + 1):
-            if self.stop is not None:
-                self.stop.check(f"before epoch {epoch}", progress.last_good, self.saving.run_dir)
+            self.check_stop(f"before epoch {epoch}", progress.last_good)
             t0 = time.time()
             lrs = [g["lr"] for g in self.optimizer.param_groups]
             train = self.train_epoch(epoch, tracker, progress.last_good)
@@ -182,11 +196,13 @@ class Trainer:
             improved = val["val/acc"] > progress.best_acc
             if improved:
                 progress.best_acc, progress.best_epoch = val["val/acc"], epoch
+            if improved and self.world.main:
                 ckpt.save_checkpoint(self.best_path, ckpt.weights_state(self.net, epoch, progress.best_acc,
                                                                         self.saving.config))
             progress.epoch = epoch
             if epoch % max(1, self.saving.every) == 0 or epoch == epochs:
-                self.save_last(progress)
+                if self.world.main:
+                    self.save_last(progress)
                 progress.last_good = f"{self.last_path} (epoch {epoch})"
             row = {**train, **val, **{f"lr/{i}": lr for i, lr in enumerate(lrs)},
                    "time/train_s": t_train, "time/epoch_s": time.time() - t0}
@@ -211,28 +227,40 @@ class Trainer:
         total = math.ceil(len(self.data.train) / self.feed.batch_size)
         total = total if limit is None else min(total, int(limit))
         bar = tqdm(islice(self.feed.train(self.generators["data"]), limit), total=total, desc=f"epoch {epoch}",
-                   leave=False, dynamic_ncols=True, disable=not show_progress(s.progress))
+                   leave=False, dynamic_ncols=True, disable=not (self.world.main and show_progress(s.progress)))
         loss = correct = ties = n = 0.0
         net.train()
+        params = list(net.parameters())
         for i, (x, y) in enumerate(bar, start=1):
-            out = self.estimator.compute_gradients(net, x, y)
-            check_finite(epoch, i, out, net, last_good, nan_advice(self.estimator))
-            before = self.diagnostics.snapshot(net) if self.diagnostics.due(i) else None
+            out = self.estimator.compute_gradients(net, x, y) if len(y) else None
+            if out is None:  # an empty share of a last batch smaller than the number of workers
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+            what = nonfinite(out, net)
+            stats = batch_stats(out.output.detach(), y) if out is not None else (0.0, 0.0, 0.0)
+            received = self.stop.received if self.stop is not None else None
+            b_loss, b_correct, b_ties, b_n, bad, stopped = self.world.reduce_sums(
+                [*stats, len(y), what is not None, received is not None], self.device)
+            if bad:
+                raise nonfinite_error(what or "another worker's share of the batch", epoch, i, last_good,
+                                      nan_advice(self.estimator))
+            self.world.average_gradients(params, len(y), int(b_n))
+            before = self.diagnostics.snapshot(net) if self.world.main and self.diagnostics.due(i) else None
             self.optimizer.step()
             if self.schedule is not None and self.schedule.interval == "step":
                 self.schedule.scheduler.step()
-            check_finite(epoch, i, out, net, last_good, nan_advice(self.estimator))
-            if self.stop is not None:
-                self.stop.check(f"in epoch {epoch} after batch {i}", last_good, self.saving.run_dir)
-            if before is not None:
+            check_finite(epoch, i, None, net, last_good, nan_advice(self.estimator))  # the same on every worker
+            if self.stop is not None and stopped:
+                self.stop.check(f"in epoch {epoch} after batch {i}", last_good, self.saving.run_dir,
+                                received=received or "SIGTERM")
+            if before is not None and out is not None:
                 self.diagnostics.record(net, x, y, out, before)
-            b_loss, b_correct, b_ties = batch_stats(out.output.detach(), y)
-            loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
+            loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + b_n
             if i % 10 == 0 or i == total:
                 bar.set_postfix(loss=f"{loss / n:.4f}", acc=f"{correct / n:.3f}", refresh=False)
             if s.log_every and i % s.log_every == 0:
-                tracker.log_batch((epoch - 1) * total + i, {"train/loss": b_loss / len(y),
-                                                            "train/acc": b_correct / len(y)}, epoch=epoch)
+                tracker.log_batch((epoch - 1) * total + i, {"train/loss": b_loss / b_n,
+                                                            "train/acc": b_correct / b_n}, epoch=epoch)
         bar.close()
         if n == 0:
             raise SeqepError("no training batches: the train split is empty or trainer.limit_train_batches=0")
@@ -244,16 +272,28 @@ class Trainer:
         prefix = prefix or split
         loss = correct = ties = n = 0.0
         for x, y in islice(self.feed.eval(split), self.settings.limit_eval_batches):
-            b_loss, b_correct, b_ties = batch_stats(self.estimator.predict(self.net, x), y)
-            loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
+            if len(y):  # each worker its share of every batch (data-parallel), summed below
+                b_loss, b_correct, b_ties = batch_stats(self.estimator.predict(self.net, x), y)
+                loss, correct, ties, n = loss + b_loss, correct + b_correct, ties + b_ties, n + len(y)
+        loss, correct, ties, n = self.world.reduce_sums([loss, correct, ties, n], self.device)
         n = max(n, 1.0)
         return {f"{prefix}/loss": loss / n, f"{prefix}/acc": correct / n, f"{prefix}/tie_rate": ties / n}
 
     def test(self) -> dict[str, float]:
         """The test split, once, with the weights that were best on validation (as they are, if none was saved)."""
+        self.world.barrier()  # rank 0 has written best.pt
         if self.best_path.exists():
             ckpt.load_weights(self.net, self.best_path)
         return self.evaluate("test")
+
+    def check_stop(self, where: str, last_good: str) -> None:
+        """Raise `Interrupted` when a signal came (to any worker: they all stop at the same point)."""
+        if self.stop is None:
+            return
+        received = self.stop.received
+        (stopped,) = self.world.reduce_sums([received is not None], self.device)
+        if stopped:
+            self.stop.check(where, last_good, self.saving.run_dir, received=received or "SIGTERM")
 
     # ----------------------------------------------------------------------------------------- state
     def save_last(self, progress: Progress) -> None:
@@ -268,7 +308,8 @@ class Trainer:
         scheduler = self.schedule.scheduler if self.schedule is not None else None
         state = ckpt.restore_training(target, self.net, self.optimizer, scheduler, self.generators,
                                       self.saving.config)
-        ckpt.carry_best(state["path"], self.best_path)
+        if self.world.main:
+            ckpt.carry_best(state["path"], self.best_path)
         epoch, best = int(state["epoch"]), state["best"]
         say(f"resumed from {state['path']} after epoch {epoch} (best val acc {best['val_acc']:.4f} at epoch "
               f"{best['epoch']})")

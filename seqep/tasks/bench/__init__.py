@@ -8,8 +8,9 @@ autograd of Φ rebuilt every step, the old code's way) — it times
     run's optimizer (`optimizer=`, built by `seqep.training.builders.build_optimizer`, one learning rate `LR` for
     every synapse),
 and reports samples/s, the model FLOPs of SPEC.md §7 per second against a matmul ceiling measured in the same
-run, and peak memory. The paths must agree (free states and EP gradients, checked on every shape). Then peak
-memory of one training step against `T` in fresh processes (EP flat, full BPTT growing).
+run, and peak memory. The paths must agree (free states and EP gradients, checked on every shape). Then the
+data-parallel rows (1, 2, ... workers at the SNLI shape), and peak memory of one training step against `T` in
+fresh processes (EP flat, full BPTT growing).
 
 Memory on CPU is the resident set: the kernel's high-water mark (`VmHWM`), reset before each measurement through
 `/proc/self/clear_refs` after `malloc_trim`, so a row's peak is its own; where that is not available the process
@@ -20,6 +21,7 @@ high-water mark from `getrusage` (monotone: a row then shows the largest peak so
     measure.py   timing (`measure`), `PeakMemory`, the matmul ceiling
     cases.py     `Settings`; the model, estimators and training step of a shape; the rows of one shape
     probe.py     peak memory against T, one fresh process per point (`python -m seqep.tasks.bench.probe`)
+    parallel.py  samples/s of a data-parallel EP training step with 1, 2, ... workers (`trainer.devices`)
     report.py    the memory figure, hardware, speed-ups, the printed tables
     __init__.py  `read_settings` and `run_bench` (the task)
 """
@@ -38,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from seqep.errors import SeqepError
 from seqep.tasks.bench.cases import EP_BETAS, Settings, bench_old_code_batch, bench_shape
 from seqep.tasks.bench.measure import PeakMemory, matmul_ceiling, measure
+from seqep.tasks.bench.parallel import bench_data_parallel, worker_counts
 from seqep.tasks.bench.report import hardware, plot_memory, print_report, speedups
 from seqep.tasks.bench.shapes import OLD_CODE, SHAPES, Shape, drive_flops, step_flops, train_flops
 from seqep.utils import resolve_device, resolve_dtype
@@ -66,10 +69,12 @@ def read_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
     options = {"shapes": list(bench.shapes), "memory_shape": bench.memory_shape,
                "memory_T": [int(t) for t in bench.memory_T], "old_code_batches": bool(bench.old_code_batches),
                "ceiling_size": int(bench.ceiling_size if bench.ceiling_size is not None
-                                   else 2048 if device.type == "cpu" else 8192)}
-    unknown = [n for n in [*options["shapes"], options["memory_shape"]] if n not in SHAPES]
+                                   else 2048 if device.type == "cpu" else 8192),
+               "workers": worker_counts(bench.workers, device), "parallel_shape": bench.parallel_shape}
+    unknown = [n for n in [*options["shapes"], options["memory_shape"], options["parallel_shape"]] if n not in SHAPES]
     if unknown:
-        raise SeqepError(f"bench.shapes / bench.memory_shape: unknown {unknown}; choose from {', '.join(SHAPES)}")
+        raise SeqepError(f"bench.shapes / bench.memory_shape / bench.parallel_shape: unknown {unknown}; choose from "
+                         f"{', '.join(SHAPES)}")
     st = Settings(device=device, dtype=dtype, precision=bench.precision, repeats=int(bench.repeats),
                   betas=tuple(OmegaConf.select(cfg, "algorithm.betas", default=EP_BETAS)), tol=bench.tol,
                   seed=int(cfg.seed), optimizer=optimizer_node(cfg), compile=bool(bench.compile))
@@ -81,7 +86,8 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     Config keys (`seqep.config.BenchConfig`): bench.shapes, bench.repeats, bench.memory_T, bench.memory_shape,
     bench.tol (null: no early-stop measurement), bench.old_code_batches, bench.precision (float32 | tf32 | bf16),
-    bench.compile, bench.ceiling_size (null: 2048 on CPU, 8192 on GPU); the training step uses `optimizer`.
+    bench.compile, bench.ceiling_size (null: 2048 on CPU, 8192 on GPU), bench.workers and bench.parallel_shape
+    (data-parallel rows, `parallel.py`); the training step uses `optimizer`.
     """
     # imported here, not above: `python -m seqep.tasks.bench.probe` imports this package first, and would warn
     # if the package had already imported the module it is about to run
@@ -105,6 +111,8 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     report["speedups"] = speedups(report["rows"])
     report["old_code"] = [bench_old_code_batch(n, st, memory, ceiling) for n in opt["shapes"]
                           if n in OLD_CODE and opt["old_code_batches"]]
+    if opt["workers"]:
+        report["data_parallel"] = bench_data_parallel(opt["parallel_shape"], opt["workers"], st)
     mem_shape = opt["memory_shape"]
     report["memory_vs_T"] = memory_vs_T(mem_shape, opt["memory_T"], st) if opt["memory_T"] else []
     if report["memory_vs_T"]:
@@ -119,4 +127,6 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         summary[f"speedup/{s['path']}/{s['shape']}/{s['phase']}/{s['algorithm']}"] = s["speedup"]
     for a, g in report.get("memory_growth", {}).items():
         summary[f"memory_growth/{a}"] = g
+    for r in report.get("data_parallel", []):
+        summary[f"data_parallel/{r['shape']}/{r['workers']}_workers/samples_per_s"] = r["samples_per_s"]
     return summary

@@ -77,7 +77,8 @@ def print_report(report: dict[str, Any]) -> None:
         table.add_row(r["shape"], r["phase"], r["algorithm"], r["path"], str(r["batch"]), steps,
                       f"{r['seconds']:.3f}", f"{r['samples_per_s']:.1f}", f"{r['gflops_per_s']:.3g}",
                       f"{r['pct_of_ceiling']:.3g}", f"{r['peak_mb']:.0f}", f"{r['step_mb']:.0f}", full)
-    console.print(table)
+    if report["rows"]:  # bench.shapes=[]: only the data-parallel and memory parts
+        console.print(table)
     for s in report["speedups"]:
         if (s["shape"], s["phase"], s["algorithm"], s["path"]) == ("snli", "train", "ep", "closed"):
             console.print(f"[bold]SNLI shape, symmetric EP training step: closed path {s['speedup']:.2f}x the "
@@ -105,6 +106,13 @@ def print_report(report: dict[str, Any]) -> None:
                       f"closed {o['closed_s_per_step']:.4f} ({o['closed_speedup_vs_old']:.1f}x, "
                       f"{o['closed_pct_of_ceiling']:.0f} %), autograd {o['autograd_s_per_step']:.4f} "
                       f"({o['autograd_speedup_vs_old']:.1f}x, {o['autograd_pct_of_ceiling']:.0f} %)")
+    if report.get("data_parallel"):
+        par = Table("shape", "workers", "threads each", "s / step", "samples/s", "vs 1 worker",
+                    title="symmetric EP training step, data-parallel (global batch split across workers)")
+        for r in report["data_parallel"]:
+            par.add_row(r["shape"], str(r["workers"]), str(r["threads"]), f"{r['seconds']:.3f}",
+                        f"{r['samples_per_s']:.1f}", f"{r['speedup_vs_1']:.2f}x" if r["speedup_vs_1"] else "–")
+        console.print(par)
     if report["memory_vs_T"]:
         mem = Table("algorithm", "T", "peak MB", "step MB")
         for r in report["memory_vs_T"]:
