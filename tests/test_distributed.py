@@ -22,7 +22,7 @@ from seqep.tasks import dispatch
 from seqep.training import checkpoint as ckpt
 from seqep.training.distributed import World
 
-from conftest import ROOT, TRAIN, compose_cfg, make_cfg
+from conftest import ROOT, TINY, TRAIN, compose_cfg, make_cfg
 
 # 96 training sequences in global batches of 15: shares of 8 and 7, and a last batch of 6 (3 and 3)
 UNEVEN = ["dataset.batch_size=15"]
@@ -53,9 +53,11 @@ def test_shares_are_disjoint_and_cover_every_batch():
             assert max(len(range(n)[p]) for p in parts) - min(len(range(n)[p]) for p in parts) <= 1
 
 
-def test_two_workers_give_the_weights_of_one_process(tmp_path):
+@pytest.mark.parametrize("algorithm", ["ep", "bptt"])
+def test_two_workers_give_the_weights_of_one_process(tmp_path, algorithm):
     """SGD: the workers' gradients summed by share equal the one-process batch mean up to float32 rounding."""
-    extra = [*UNEVEN, "optimizer=sgd", "optimizer.lrs=[0.05,0.05,0.05]", "trainer.epochs=3", "trainer.log_every=1"]
+    extra = [*UNEVEN, f"algorithm={algorithm}", "algorithm.T=6", "algorithm.K=3", "optimizer=sgd",
+             "optimizer.lrs=[0.05,0.05,0.05]", "trainer.epochs=3", "trainer.log_every=1"]
     one = dispatch(make_cfg(tmp_path / "one", *extra))
     two = dispatch(make_cfg(tmp_path / "two", *extra, "trainer.devices=2"))
     assert two["workers"] == 2 and one["workers"] == 1
@@ -116,16 +118,17 @@ def test_torchrun_is_refused_in_one_line(tmp_path, monkeypatch):
         dispatch(make_cfg(tmp_path / "run"))
 
 
-def _run(*args: str, multirun: bool = False) -> subprocess.Popen:
+def _run(*args: str, multirun: bool = False, base: list[str] = TRAIN) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *TRAIN, *args],
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *base, *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
 def test_run_py_two_workers_print_once_and_stop_together_on_sigterm(tmp_path):
     run = tmp_path / "run"
-    proc = _run(f"hydra.run.dir={run}", "trainer.devices=2", "dataset.n_train=4800", "trainer.epochs=20")
+    proc = _run(f"hydra.run.dir={run}", "trainer.devices=2", "dataset.n_train=1600", "trainer.epochs=20",
+                base=[*TINY, "algorithm.T=6", "algorithm.K=3", "logger=wandb"])
     deadline = time.time() + 120
     while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -137,10 +140,11 @@ def test_run_py_two_workers_print_once_and_stop_together_on_sigterm(tmp_path):
     assert out.count("| 2 workers (gloo)") == 1  # the header once: only rank 0 prints
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run, rank 0's
     epoch = ckpt.read_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
     assert 1 <= epoch < 20
     resumed = tmp_path / "resumed"
-    proc = _run(f"hydra.run.dir={resumed}", f"checkpoint.resume={run}", "dataset.n_train=4800",
+    proc = _run(f"hydra.run.dir={resumed}", f"checkpoint.resume={run}", "dataset.n_train=1600",
                 f"trainer.epochs={epoch + 1}")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -161,3 +165,19 @@ def test_slurm_tasks_are_the_workers_of_one_run(tmp_path):
     assert summary["status"] == "completed" and summary["workers"] == 2
     assert_same_weights(weights(one), weights(sweep / "0"), atol=1e-6)
     assert [r["epoch"] for r in epochs(sweep / "0")] == [1, 2]  # written once, by rank 0
+
+
+def _start_a_child() -> int:
+    child = multiprocessing.get_context("spawn").Process(target=print, args=("child",))
+    child.start()
+    child.join()
+    return child.exitcode
+
+
+def test_a_parallel_sweeps_job_may_start_its_workers():
+    """launcher=local_parallel with trainer.devices=2: the pool's workers are not daemons, so a job can start its
+    own worker processes (a daemon cannot have children)."""
+    from hydra_plugins.seqep_launchers.launchers import _ParentContext
+
+    with _ParentContext().Pool(1) as pool:
+        assert pool.apply(_start_a_child) == 0

@@ -64,7 +64,7 @@ class TolerantJoblibLauncher(JoblibLauncher):
         log.info("%d processes launching %d jobs, sweep output dir: %s", n_jobs, len(job_overrides), sweep_dir)
         state = Singleton.get_state()
         jobs = {}
-        with multiprocessing.get_context("spawn").Pool(n_jobs) as pool:
+        with _ParentContext().Pool(n_jobs) as pool:
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
                 payload = cloudpickle.dumps((joblib_core.execute_job, (idx, overrides, self.hydra_context,
@@ -84,6 +84,23 @@ class TolerantJoblibLauncher(JoblibLauncher):
                         results[idx] = record_death(self, idx, overrides)
                 time.sleep(0.2)
         return [results[i] for i in sorted(results)]
+
+
+class _ParentProcess(multiprocessing.get_context("spawn").Process):
+    """A pool worker that may start processes of its own (a job with `trainer.devices=N` starts N workers); pool
+    workers are daemons otherwise, and daemons cannot have children."""
+
+    @property
+    def daemon(self) -> bool:
+        return False
+
+    @daemon.setter
+    def daemon(self, value: bool) -> None:
+        pass
+
+
+class _ParentContext(type(multiprocessing.get_context("spawn"))):
+    Process = _ParentProcess
 
 
 def _run_job_in_worker(payload: bytes, pid_dir: str) -> bytes:
