@@ -5,6 +5,7 @@ Stable metric names (metrics file and W&B; phase = free, plus, minus):
 - `relax/<phase>/max_change`, `relax/<phase>/mean_change`: largest / mean |Δs| at the phase's last step
 - `relax/<phase>/frac_unsettled`: fraction of examples whose largest change is above `trainer.diagnostics_tol`
 - `relax/<phase>/steps`: relaxation steps used (< T or K only with the early stop `algorithm.tol`)
+- `relax/<phase>/mean_steps`: with `algorithm.tol`, the mean over examples of the steps each ran before it settled
 - `relax/<phase>/phi`: Φ at the end of the phase, batch mean
 - `out/tie_rate`: fraction of examples whose output neurons all sit at the activation's floor (dead outputs)
 - `out/sat/<layer>`: fraction of a dense layer's units at the activation's floor or ceiling
@@ -43,12 +44,15 @@ def dense_layer_names(net: Network) -> list[str]:
 
 def convergence(res: RelaxResult, tol: float) -> dict[str, float]:
     """Settling of one phase from its last step's state change."""
-    return {
+    metrics = {
         "max_change": res.max_change.max().item(),
         "mean_change": res.mean_change.mean().item(),
         "frac_unsettled": (res.max_change > tol).float().mean().item(),
         "steps": float(res.steps),
     }
+    if res.example_steps is not None:
+        metrics["mean_steps"] = res.example_steps.float().mean().item()
+    return metrics
 
 
 def output_health(net: Network, states: States) -> dict[str, float]:

@@ -27,6 +27,13 @@ class RelaxResult:
     max_change: Tensor | None = None  # (B,) largest |Δs| over all units at the last step
     mean_change: Tensor | None = None  # (B,) mean |Δs| over all units at the last step
     trajectory: list[States] = field(default_factory=list)  # states after every step when record=True
+    example_steps: Tensor | None = None  # (B,) steps each example ran before it settled (per-example `tol`)
+
+    def part(self, rows: slice) -> RelaxResult:
+        """The result of some examples only (e.g. the +β half of a stacked ±β batch)."""
+        pick = (lambda t: None if t is None else t[rows])
+        return RelaxResult([s[rows] for s in self.states], self.steps, pick(self.max_change),
+                           pick(self.mean_change), [], pick(self.example_steps))
 
 
 def state_change(new: States, old: States) -> tuple[Tensor, Tensor]:
@@ -51,9 +58,14 @@ def relax(
     drive: Tensor | None = None,
     keys: tuple[Tensor, Tensor | None] | None = None,
 ) -> RelaxResult:
-    """Run up to `steps` synchronous steps; stop early when the largest change of every example < `tol`."""
+    """Run up to `steps` synchronous steps. With `tol`, each example stops once its largest state change is below
+    `tol` (its states stay as they were then) and stops costing: the batch is compacted to the examples still
+    moving (`relax_per_example`); under autograd (BPTT's graph) or `record`, the whole batch stops together."""
     if field_mode not in FIELD_MODES:
         raise ValueError(f"field_mode must be one of {FIELD_MODES}, got {field_mode!r}")
+    if tol is not None and not record and not torch.is_grad_enabled():
+        return relax_per_example(net, x, states, steps, beta, target, field_mode=field_mode, tol=tol, drive=drive,
+                                 keys=keys)
     keys = net.keys(x) if keys is None else keys
     if field_mode == "autograd":  # the old code's way: Φ (input drive included) rebuilt and differentiated
         step = partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
@@ -77,3 +89,68 @@ def relax(
         if tol is not None and bool(largest.max() < tol):
             return RelaxResult(states, t + 1, largest, mean, trajectory)
     return RelaxResult(states, steps, largest, mean, trajectory)
+
+
+COMPACT_AT = 0.75  # rebuild the phase for the moving examples once at most this share of its batch still moves
+
+
+def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys):
+    """One phase's step function for a batch (closed form for a HopfieldEPNet under no_grad)."""
+    if field_mode == "autograd":
+        return partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
+    if isinstance(net, HopfieldEPNet):
+        return ClosedFormPhase(net, x, beta, target, drive, keys)
+    return partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
+
+
+@torch.no_grad()
+def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta: float | Tensor = 0.0,
+                      target: Tensor | None = None, *, field_mode: str = "closed", tol: float,
+                      drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None) -> RelaxResult:
+    """Up to `steps` steps; an example whose largest change falls below `tol` keeps the states it had then.
+
+    Examples of a batch do not interact, so each one's states are those of a run of its own. The phase runs on
+    the examples still moving: once at most `COMPACT_AT` of its batch still moves, it is rebuilt for those
+    (`ClosedFormPhase` prepares per-batch constants once). `steps` of the result is the longest any example
+    ran; `example_steps` is each one's."""
+    B = x.shape[0]
+    keys = net.keys(x) if keys is None else keys
+    if drive is None and field_mode != "autograd" and hasattr(net, "input_drive"):
+        drive = net.input_drive(x)
+    out = [s.clone() for s in states]
+    largest = x.new_zeros(B)
+    mean = x.new_zeros(B)
+    ran = torch.zeros(B, dtype=torch.long, device=x.device)
+    rows = torch.arange(B, device=x.device)  # the examples the phase runs on
+    beta_rows = beta if isinstance(beta, Tensor) and beta.ndim > 0 else None
+
+    def select(t, idx):
+        return None if t is None else t[idx]
+
+    def build(idx):
+        b = select(beta_rows, idx) if beta_rows is not None else beta
+        k = (keys[0][idx], select(keys[1], idx))
+        return _stepper(net, x[idx], b, select(target, idx), field_mode, select(drive, idx), k)
+
+    step, cur = build(rows), list(states)  # phases never write their start states
+    moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
+    used = 0
+    for t in range(steps):
+        new = step(cur)
+        big, avg = state_change(new, cur)
+        live = rows[moving]
+        for o, n in zip(out, new):
+            o[live] = n[moving]
+        largest[live], mean[live], ran[live] = big[moving], avg[moving], t + 1
+        moving &= big >= tol
+        used = t + 1
+        n_moving = int(moving.sum())
+        if n_moving == 0:
+            break
+        if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:
+            rows = rows[moving]
+            cur = [n[moving] for n in new]  # a copy: the old phase's buffers are left behind
+            step, moving = build(rows), torch.ones(len(rows), dtype=torch.bool, device=x.device)
+        else:
+            cur = new
+    return RelaxResult(out, used, largest, mean, [], ran)

@@ -53,7 +53,8 @@ class EP(Estimator):
 
     def nudged_phase(self, net: Network, x: Tensor, start, beta: float | Tensor, target: Tensor,
                      drive=None, keys=None) -> RelaxResult:
-        return relax(net, x, start, self.K, beta, target, field_mode=self.field_mode, drive=drive, keys=keys)
+        return relax(net, x, start, self.K, beta, target, field_mode=self.field_mode, tol=self.tol, drive=drive,
+                     keys=keys)
 
     def compute_gradients(self, net: Network, x: Tensor, y: Tensor) -> StepOutput:
         target = self.target(net, y, x)
@@ -91,9 +92,7 @@ class EP(Estimator):
         beta = torch.cat([x.new_full((B,), self.beta), x.new_full((B,), -self.beta)])
         keys2 = (two(keys[0]), two(keys[1]))
         res = self.nudged_phase(net, two(x), [two(s) for s in s0], beta, two(target), two(drive), keys2)
-        plus, minus = slice(0, B), slice(B, 2 * B)
-        return tuple(RelaxResult([s[part] for s in res.states], res.steps, res.max_change[part],
-                                 res.mean_change[part]) for part in (plus, minus))
+        return res.part(slice(0, B)), res.part(slice(B, 2 * B))
 
     @staticmethod
     def phi_difference_grads(net: Network, x: Tensor, a, b, c: float, closed: bool = True):
