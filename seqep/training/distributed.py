@@ -227,6 +227,7 @@ def _worker(rank: int, size: int, init_method: str, device: str, threads: int, r
     global _LAUNCHED
     _LAUNCHED = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes Ctrl-C on as SIGTERM (`launch`)
+    _stop_with_parent()
     if rank > 0:
         quiet()
     else:
@@ -251,6 +252,15 @@ def _worker(rank: int, size: int, init_method: str, device: str, threads: int, r
         with contextlib.suppress(Exception):
             leave()
     sys.exit(status)
+
+
+def _stop_with_parent() -> None:
+    """Linux: SIGTERM this worker when the process that launched it dies (even by SIGKILL), so no worker outlives
+    its run; the workers then stop together as after any SIGTERM."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class WorkerFailed(SeqepError):

@@ -1,0 +1,103 @@
+"""Time to accuracy: wall time of training until the validation accuracy first reaches `bench.tta_target`, for
+ways of running the same learning rule, on the run's own data (the default: rt_snippets), median over seeds.
+
+    python run.py task=bench bench.tta_target=0.72 bench.shapes=[] bench.memory_T=[]
+
+The ways (`bench.tta_variants`, defined once in `VARIANTS` as config overrides on top of the run's config):
+
+    autograd      the original algorithm as the old code ran it: fields by autograd of Φ, fixed T and K,
+                  the ±β phases one after the other (`algorithm.field_mode=autograd`)
+    closed        the run's config as it is (closed-form fields, ±β as one batch)
+    mixed         `precision=bf16-mixed`: free phase and evaluation in bfloat16
+    settle        per-example settling: `algorithm.tol` with step caps (`seqep.relax.relax_per_example`)
+    settle+mixed  both
+
+Timed: every training epoch and its validation pass, from the first batch to the epoch whose validation accuracy
+first reaches the target (data loading and building are not timed; diagnostics and probes are off). A run that does
+not reach it within `bench.tta_max_epochs` epochs counts as not reached (its time is then null).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from seqep.errors import SeqepError
+
+SETTLE = {"algorithm.tol": 1e-3, "algorithm.T": 100, "algorithm.K": 40}  # caps well above the default T=20, K=8
+VARIANTS: dict[str, dict[str, Any]] = {
+    "autograd": {"algorithm.field_mode": "autograd"},
+    "closed": {},
+    "mixed": {"precision": "bf16-mixed"},
+    "settle": SETTLE,
+    "settle+mixed": {**SETTLE, "precision": "bf16-mixed"},
+}
+
+
+def variant_config(cfg: DictConfig, name: str, seed: int) -> DictConfig:
+    """The run's config with a variant's overrides, a seed, and nothing but training (task=train, no probes,
+    diagnostics, loggers or progress bars)."""
+    if name not in VARIANTS:
+        raise SeqepError(f"bench.tta_variants: unknown {name!r}; choose from {', '.join(VARIANTS)}")
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for key, value in {**VARIANTS[name], "seed": seed, "task": "train", "trainer.probe_every": 0,
+                           "trainer.diagnostics_every": 0, "trainer.progress": False, "trainer.log_every": 0,
+                           "trainer.devices": 1, "checkpoint.resume": None, "checkpoint.load": None}.items():
+            OmegaConf.update(out, key, value, force_add=True)
+        out.logger = {}
+    return out
+
+
+def time_to_accuracy(cfg: DictConfig, name: str, seed: int, target: float, max_epochs: int) -> dict[str, Any]:
+    """Train one variant with one seed until validation accuracy >= `target`; the timings."""
+    from seqep.tasks.train import build_trainer
+    from seqep.training.tracking import NullTracker
+    from seqep.utils import seed_everything
+
+    run = variant_config(cfg, name, seed)
+    seed_everything(seed)
+    with tempfile.TemporaryDirectory(prefix="seqep-tta-") as tmp:
+        trainer = build_trainer(run, Path(tmp))
+        elapsed, curve, reached = 0.0, [], None
+        for epoch in range(1, max_epochs + 1):
+            t0 = time.perf_counter()
+            trainer.train_epoch(epoch, NullTracker(), "none (time-to-accuracy run)")
+            acc = trainer.evaluate("val")["val/acc"]
+            elapsed += time.perf_counter() - t0
+            curve.append({"epoch": epoch, "val_acc": acc, "seconds": elapsed})
+            if acc >= target:
+                reached = epoch
+                break
+    print(f"bench: time to val acc {target:g}  {name:12s} seed {seed}: "
+          + (f"{elapsed:7.1f} s ({reached} epochs)" if reached else f"not reached in {max_epochs} epochs "
+             f"(best {max(c['val_acc'] for c in curve):.3f})"), flush=True)
+    return {"variant": name, "seed": seed, "seconds": elapsed if reached else None, "epochs": reached,
+            "best_val_acc": max(c["val_acc"] for c in curve), "curve": curve}
+
+
+def bench_time_to_accuracy(cfg: DictConfig, target: float, variants: list[str], seeds: list[int],
+                           max_epochs: int) -> dict[str, Any]:
+    """Every variant x seed, interleaved by seed (a machine slowing down mid-bench hurts every variant alike);
+    per variant the median seconds over the seeds that reached the target, and the speed-up over `autograd`."""
+    for name in variants:
+        variant_config(cfg, name, 0)  # unknown names fail before anything runs
+    runs = [time_to_accuracy(cfg, name, seed, target, max_epochs) for seed in seeds for name in variants]
+    table = []
+    for name in variants:
+        mine = [r for r in runs if r["variant"] == name]
+        times = [r["seconds"] for r in mine if r["seconds"] is not None]
+        table.append({"variant": name, "overrides": VARIANTS[name], "reached": len(times), "runs": len(mine),
+                      "median_s": statistics.median(times) if times else None,
+                      "median_epochs": statistics.median([r["epochs"] for r in mine if r["epochs"]]) if times
+                      else None})
+    base = next((t["median_s"] for t in table if t["variant"] == "autograd"), None)
+    for t in table:
+        t["speedup_vs_autograd"] = base / t["median_s"] if base and t["median_s"] else None
+    return {"target": target, "max_epochs": max_epochs, "seeds": seeds, "table": table, "runs": runs}
