@@ -79,8 +79,10 @@ def test_bench_builds_the_runs_optimizer_with_one_small_learning_rate():
 def test_run_bench_rejects_unknown_shape_and_precision(tmp_path):
     with pytest.raises(SeqepError, match="bench.shapes"):
         run_bench(bench_cfg("bench.shapes=[mnist]"), tmp_path)
-    with pytest.raises(SeqepError, match=r"^bench.precision='fp8' is not allowed; choose one of: float32, tf32, bf16$"):
-        run_bench(bench_cfg("bench.precision=fp8"), tmp_path)
+    with pytest.raises(SeqepError, match=r"^precision='fp8' is not allowed; choose one of: fp32, bf16-mixed, tf32$"):
+        run_bench(bench_cfg("precision=fp8"), tmp_path)
+    with pytest.raises(SeqepError, match="bench.precision_shapes: unknown"):
+        run_bench(bench_cfg("bench.precision_shapes=[mnist]"), tmp_path)
 
 
 def test_step_flops_equals_a_hand_count_and_torch_counter():
