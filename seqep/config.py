@@ -106,7 +106,7 @@ class BenchConfig:
     # shapes (of `shapes`) at which the closed path's free phase and EP step are also timed in every other
     # precision this device runs (fp32, bf16-mixed where bfloat16 is fast, tf32 on CUDA); the rows' own precision
     # is the top-level `precision`
-    precision_shapes: list[str] = field(default_factory=lambda: ["snli"])
+    precision_shapes: list[str] = field(default_factory=lambda: ["snli", "default"])
     memory_T: list[int] = field(default_factory=lambda: [20, 50, 100, 200])  # peak memory against T
     memory_shape: str = "snli"
     tol: Optional[float] = 1e-4  # the early-stop tolerance measured as an option
