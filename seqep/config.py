@@ -104,7 +104,10 @@ class BenchConfig:
 
     shapes: list[str] = field(default_factory=lambda: ["snli", "imdb", "default"])
     repeats: int = 3
-    precision: str = "float32"  # float32 | tf32 | bf16
+    # shapes (of `shapes`) at which the closed path's free phase and EP step are also timed in every other
+    # precision this device runs (fp32, bf16-mixed where bfloat16 is fast, tf32 on CUDA); the rows' own precision
+    # is the top-level `precision`
+    precision_shapes: list[str] = field(default_factory=lambda: ["snli", "default"])
     memory_T: list[int] = field(default_factory=lambda: [20, 50, 100, 200])  # peak memory against T
     memory_shape: str = "snli"
     tol: Optional[float] = 1e-4  # the early-stop tolerance measured as an option
@@ -121,6 +124,9 @@ class SeqepConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64
+    # fp32 | bf16-mixed | tf32 (seqep.precision.PRECISIONS): bf16-mixed runs the free phase and evaluation in
+    # bfloat16 and keeps the nudged phases, EP's gradient and the optimizer in float32; tf32 is CUDA only
+    precision: str = "fp32"
     # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case);
     # test_<loaded run>, gdu_<...> for the other tasks (`run_name`)
     name: str = ("${run_name:${task},${target_name:${algorithm._target_}}_${oc.select:dataset.name,"
@@ -331,6 +337,7 @@ def validate(cfg: DictConfig) -> None:
         raise SeqepError(f"task={cfg.task!r} is not allowed; choose one of: {', '.join(TASKS)}")
     check_device(str(cfg.device))
     resolve_dtype(str(cfg.dtype))
+    check_precision_key(cfg)
     check_objects(cfg)
     dry_run(cfg)
     t = cfg.trainer
@@ -360,6 +367,30 @@ def validate(cfg: DictConfig) -> None:
     if cfg.task == "test" and cfg.checkpoint.load is None and cfg.checkpoint.resume is None:
         raise SeqepError("task=test needs a checkpoint: checkpoint.load=<run dir>/checkpoints/best.pt "
                          "(or an old-code checkpoint.tar)")
+
+
+def check_precision_key(cfg: DictConfig) -> None:
+    """`precision` is one of `seqep.precision.PRECISIONS`, float32 data for anything but fp32, tf32 on CUDA."""
+    from seqep.precision import check_precision
+
+    precision = str(cfg.precision)
+    try:
+        check_precision(precision)
+    except ValueError as err:
+        raise SeqepError(str(err)) from None
+    if precision != "fp32" and str(cfg.dtype) != "float32":
+        raise SeqepError(f"precision={precision} needs dtype=float32 (got dtype={cfg.dtype}): float64 is for "
+                         f"checks; use precision=fp32 with dtype=float64")
+    device = str(cfg.device)
+    if precision == "tf32" and (device in ("cpu", "mps") or (device == "auto" and not _cuda_available())):
+        raise SeqepError(f"precision=tf32 needs a CUDA device (device={device} runs on "
+                         f"{'cpu' if device == 'auto' else device}); use precision=bf16-mixed or precision=fp32")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def search_dirs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[Path] | None:

@@ -11,14 +11,18 @@ Stable metric names (metrics file and W&B; phase = free, plus, minus):
 - `out/sat/<layer>`: fraction of a dense layer's units at the activation's floor or ceiling
 - `attn/entropy/<block>`: mean entropy (nats, at most log L) of each projection block's attention rows
 - `grad/norm/<param>`, `grad/weight_norm/<param>`, `grad/update_ratio/<param>` (‖Δθ‖/‖θ‖ of the step)
-- `ep/probe/cos/<param>`, `ep/probe/rel_err/<param>`, `ep/probe/cos_min`: the estimate in use against BPTT
-  from equilibrium on a fixed probe batch
+- `ep/probe/cos/<param>`, `ep/probe/rel_err/<param>`, `ep/probe/cos_min`: the estimate in use (at the run's
+  `precision`) against float32 BPTT from equilibrium on a fixed probe batch
+- `ep/probe/f64/cos/<param>`, `ep/probe/f64/rel_err/<param>`, `ep/probe/f64/cos_min`, `ep/probe/f64/rel_err_max`:
+  the same estimate against the same estimator on a float64 copy of the network, same weights and batch: what
+  the precision (`precision=bf16-mixed`, float32 itself) costs the gradient (`precision_fidelity`)
 
 SPEC.md §8 says why each matters on the default data.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
 
@@ -103,30 +107,64 @@ def gradient_metrics(net: Network, before: dict[str, Tensor] | None = None) -> d
     return metrics
 
 
-def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str, float]:
-    """Cosine and relative error between the estimator in use and BPTT from the free equilibrium, per tensor.
+def agreement(est: dict[str, Tensor], ref: dict[str, Tensor], prefix: str) -> dict[str, float]:
+    """`<prefix>cos/<param>`, `<prefix>rel_err/<param>` per tensor (in float64), `<prefix>cos_min`."""
+    metrics = {}
+    for name in ref:
+        a, b = est[name].flatten().double(), ref[name].flatten().double()
+        metrics[f"{prefix}cos/{name}"] = F.cosine_similarity(a, b, dim=0, eps=1e-30).item()
+        metrics[f"{prefix}rel_err/{name}"] = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    metrics[f"{prefix}cos_min"] = min(v for k, v in metrics.items() if k.startswith(f"{prefix}cos/"))
+    return metrics
 
-    BPTT runs T free steps without a graph, then K with one: the true gradient of the loss reached by K more
-    steps from (near) equilibrium — what EP approximates. Leaves `p.grad` as it found it."""
-    saved = {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
+
+def _gradients(estimator: Estimator, net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """The estimator's gradients by name, with `p.grad` and the estimator's generator (random signs) left as
+    they were found, so two calls see the same draw."""
+    saved = [None if p.grad is None else p.grad.clone() for p in net.parameters()]  # EP writes into p.grad
+    generator = getattr(estimator, "generator", None)
+    state = generator.get_state() if generator is not None else None
+    estimator.compute_gradients(net, x, y)
+    grads = grads_by_name(net)
+    for p, g in zip(net.parameters(), saved):
+        p.grad = g
+    if state is not None:
+        generator.set_state(state)
+    return grads
+
+
+def precision_fidelity(net: Network, estimator: Estimator, x: Tensor, y: Tensor,
+                       prefix: str = "ep/probe/f64/") -> dict[str, float]:
+    """Cosine and relative error, per tensor, of the estimator's gradient (at its `precision`, on `net`) against
+    the same estimator at fp32 on a float64 copy of `net` with the batch in float64: what the run's precision
+    costs the gradient. Also `<prefix>rel_err_max`. Leaves `p.grad` (and a generator's state) as it found them."""
+    est = _gradients(estimator, net, x, y)
+    reference = copy.copy(estimator)
+    reference.__dict__.pop("_bf16", None)
+    if hasattr(reference, "precision"):
+        reference.precision = "fp32"
+    net64 = copy.deepcopy(net).to(torch.float64)
+    ref = _gradients(reference, net64, x.to(torch.float64), y)
+    metrics = agreement(est, ref, prefix)
+    metrics[f"{prefix}rel_err_max"] = max(v for k, v in metrics.items() if k.startswith(f"{prefix}rel_err/"))
+    return metrics
+
+
+def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Cosine and relative error between the estimator in use and BPTT from the free equilibrium, per tensor
+    (`ep/probe/...`), and of the same estimate against float64 (`ep/probe/f64/...`, `precision_fidelity`).
+
+    BPTT runs T free steps without a graph, then K with one, in float32: the true gradient of the loss reached by
+    K more steps from (near) equilibrium — what EP approximates. Leaves `p.grad` as it found it."""
     reference = BPTT(estimator.T + estimator.K, estimator.K, field_mode=estimator.field_mode)
     if isinstance(estimator, BPTT):
         from seqep.estimators import EP  # a BPTT run is probed with symmetric EP at a small β
 
+        precision = estimator.precision
         estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode)
-    estimator.compute_gradients(net, x, y)
-    est = grads_by_name(net)
-    reference.compute_gradients(net, x, y)
-    ref = grads_by_name(net)
-    for n, p in net.named_parameters():
-        p.grad = saved[n]
-    metrics = {}
-    for name in ref:
-        a, b = est[name].flatten(), ref[name].flatten()
-        metrics[f"ep/probe/cos/{name}"] = F.cosine_similarity(a, b, dim=0, eps=1e-30).item()
-        metrics[f"ep/probe/rel_err/{name}"] = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-    metrics["ep/probe/cos_min"] = min(v for k, v in metrics.items() if k.startswith("ep/probe/cos/"))
-    return metrics
+        estimator.precision = precision
+    metrics = agreement(_gradients(estimator, net, x, y), _gradients(reference, net, x, y), "ep/probe/")
+    return metrics | precision_fidelity(net, estimator, x, y)
 
 
 class EpochAverager:

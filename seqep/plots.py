@@ -141,6 +141,12 @@ DASHBOARD: dict[str, tuple[Panel, ...]] = {
               ref=(0.99, "0.99"), hint=_PROBE),
         Panel("relative error ‖g_EP − g_BPTT‖ / ‖g_BPTT‖", ("ep/probe/rel_err/*",), "relative error (log)",
               log_y=True, hint=_PROBE),
+        Panel("cosine(EP at the run's precision, EP in float64)", ("ep/probe/f64/cos/*", "ep/probe/f64/cos_min"),
+              "cosine", labels=(("ep/probe/f64/cos_min", "min over tensors"),),
+              highlight="ep/probe/f64/cos_min", ref=(0.999, "0.999"), hint=_PROBE),
+        Panel("relative error against float64", ("ep/probe/f64/rel_err/*", "ep/probe/f64/rel_err_max"),
+              "relative error (log)", log_y=True, labels=(("ep/probe/f64/rel_err_max", "max over tensors"),),
+              highlight="ep/probe/f64/rel_err_max", hint=_PROBE),
     ),
     "Attention": (
         Panel("attention entropy per block", ("attn/entropy/*",), "entropy (nats, ≤ log L)", hint=_DIAG),

@@ -184,8 +184,11 @@ def test_task_gdu_writes_table_plots_and_summary(tmp_path, capsys):
     assert saved["gdu/K"] == 5 and saved["gdu/n_examples"] == 6 and "weights.pt" in saved["gdu/weights"]
     assert summary["gdu/beta"] == 0.1 and summary["gdu/dtype"] == "float64"
     assert {"gdu/slope/positive", "gdu/slope/symmetric", "gdu/param_one_sided_over_sym"} <= set(summary)
+    # the rule at the run's precision (fp32) against itself in float64 and against float32 BPTT
+    assert summary["gdu/precision"] == "fp32" and summary["gdu/probe/f64/cos_min"] > 0.9999
+    assert 0 <= summary["gdu/probe/f64/rel_err/synapses.0.weight"] < 1e-2 and -1 <= summary["gdu/probe/cos_min"] <= 1
     out = capsys.readouterr().out
-    assert "synapses.1.weight" in out and "slopes" in out
+    assert "synapses.1.weight" in out and "slopes" in out and "precision fp32: the learning rule's gradient" in out
 
 
 def test_task_gdu_on_a_trained_run_takes_its_stored_config(tmp_path):

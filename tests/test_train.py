@@ -137,7 +137,8 @@ class PoisonedEstimator:
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = train.build_estimator
-    monkeypatch.setattr(train, "build_estimator", lambda node, gen: PoisonedEstimator(real(node, gen), after=6 + 2))
+    monkeypatch.setattr(train, "build_estimator",
+                        lambda node, gen, *precision: PoisonedEstimator(real(node, gen, *precision), after=6 + 2))
     run = tmp_path / "run"
     with pytest.raises(NonFiniteError) as err:
         dispatch(make_cfg(run, "trainer.epochs=3"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from seqep.network import Network, one_hot
+from seqep.precision import LOW_DTYPE, Bf16Copy, check_precision, effective_precision, tf32_matmuls
 from seqep.relax import FIELD_MODES, RelaxResult, relax
 
 
@@ -38,11 +40,26 @@ def grads_by_name(net: Network) -> dict[str, Tensor]:
 class Estimator(ABC):
     """Common base: T free steps from zero states predict; subclasses add how gradients come out.
 
-    The interface the trainer, diagnostics and tasks use: `T`, `K`, `field_mode`, `predict(net, x)`,
+    The interface the trainer, diagnostics and tasks use: `T`, `K`, `field_mode`, `precision`, `predict(net, x)`,
     `compute_gradients(net, x, y) -> StepOutput` and `describe()`. A learning rule of one's own subclasses this
     (or `EP`) and is picked with `algorithm=<its yaml>` (README, "Extending seqep"); the defaults below are the
     only place they are written (the config schema is read from this signature).
+
+    `precision` (one of `seqep.precision.PRECISIONS`, default fp32) is an attribute, not a constructor argument:
+    seqep's builder sets it from the top-level key, so a subclass gets it without taking it. It acts through
+    `free_phase` (so `predict` and every rule that starts from `free_phase`) and `low_precision_graph` (BPTT).
     """
+
+    _precision = "fp32"
+
+    @property
+    def precision(self) -> str:
+        """fp32 | bf16-mixed | tf32 (`seqep.precision`): what the free phase and evaluation run in."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
 
     def __init__(self, T: int = 20, K: int = 8, field_mode: str = "closed", tol: float | None = None) -> None:
         for key, value in (("T", T), ("K", K)):
@@ -61,15 +78,46 @@ class Estimator(ABC):
     def __repr__(self) -> str:
         return f"<{self.describe()}>"
 
+    def precision_for(self, x: Tensor) -> str:
+        """The precision this estimator runs at for inputs like `x` (fp32 where `precision` cannot help)."""
+        return effective_precision(self.precision, x.device, x.dtype)
+
     def free_phase(self, net: Network, x: Tensor, steps: int | None = None, beta: float = 0.0,
                    **kw) -> RelaxResult:
+        """`steps` (default T) steps from zero states; in bf16-mixed on a bfloat16 copy of `net` (a `drive` and
+        `keys` passed in are then recomputed from it), the result cast back to `x`'s dtype."""
+        steps = self.T if steps is None else steps
+        mode = self.precision_for(x)
+        if mode == "bf16-mixed":
+            return self._bf16_free_phase(net, x, steps, beta, **kw)
         states = net.init_states(x.shape[0], device=x.device, dtype=x.dtype)
-        return relax(net, x, states, self.T if steps is None else steps, beta,
-                     field_mode=self.field_mode, tol=self.tol, **kw)
+        with tf32_matmuls(mode == "tf32"):
+            return relax(net, x, states, steps, beta, field_mode=self.field_mode, tol=self.tol, **kw)
+
+    def _bf16_free_phase(self, net: Network, x: Tensor, steps: int, beta: float | Tensor, target=None,
+                         drive=None, keys=None, **kw) -> RelaxResult:
+        if not hasattr(self, "_bf16"):
+            self._bf16 = Bf16Copy()
+        low, xl = self._bf16.of(net), x.to(LOW_DTYPE)
+        cast = lambda t: t.to(LOW_DTYPE) if isinstance(t, Tensor) and t.is_floating_point() else t
+        res = relax(low, xl, low.init_states(x.shape[0], device=x.device, dtype=LOW_DTYPE), steps, cast(beta),
+                    cast(target), field_mode=self.field_mode, tol=self.tol, **kw)
+        back = lambda t: None if t is None else t.to(x.dtype)
+        return RelaxResult([back(s) for s in res.states], res.steps, back(res.max_change), back(res.mean_change),
+                           [[back(s) for s in states] for states in res.trajectory], res.example_steps)
+
+    def low_precision_graph(self, x: Tensor) -> contextlib.AbstractContextManager:
+        """The context for graph-building steps (BPTT): autocast to bfloat16 in bf16-mixed, TF32 matmuls in
+        tf32, nothing in fp32."""
+        mode = self.precision_for(x)
+        if mode == "bf16-mixed":
+            return torch.autocast(x.device.type, dtype=LOW_DTYPE)
+        return tf32_matmuls(mode == "tf32")
 
     @torch.no_grad()
     def predict(self, net: Network, x: Tensor) -> Tensor:
-        """Free phase only; returns the output neurons `(B, n_classes)` (argmax = prediction)."""
+        """Free phase only (in the estimator's precision); returns the output neurons `(B, n_classes)` in `x`'s
+        dtype (argmax = prediction)."""
         return net.output(self.free_phase(net, x).states)
 
     def target(self, net: Network, y: Tensor, like: Tensor) -> Tensor:

@@ -42,10 +42,11 @@ class BPTT(Estimator):
             head = self.free_phase(net, x, steps=self.T - self.graph_steps)
         start = [s.detach() for s in head.states]
         with torch.enable_grad():
-            free = relax(net, x, start, self.graph_steps, field_mode=self.field_mode)
-            loss = mse_loss(net.output(free.states), target)
+            with self.low_precision_graph(x):  # bf16-mixed: the graph steps under autocast
+                free = relax(net, x, start, self.graph_steps, field_mode=self.field_mode)
+            loss = mse_loss(net.output(free.states).to(x.dtype), target)
             grads = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
         set_grads(net, grads)
         free.steps += head.steps
-        free.states = [s.detach() for s in free.states]
+        free.states = [s.detach().to(x.dtype) for s in free.states]
         return StepOutput(loss.detach(), net.output(free.states), free)

@@ -54,7 +54,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, world: World | None = None) ->
     schedule = build_scheduler(cfg.scheduler, optimizer)
     generators = {"data": torch.Generator().manual_seed(cfg.seed),  # batch order
                   "estimator": torch.Generator().manual_seed(cfg.seed + 1)}  # e.g. EP random_sign
-    estimator = build_estimator(cfg.algorithm, generators["estimator"])
+    estimator = build_estimator(cfg.algorithm, generators["estimator"], str(cfg.precision))
     t = cfg.trainer
     probe_batch = None
     if t.probe_every > 0 and len(data.val) > 0:  # the first validation examples, fixed for the whole run
@@ -130,7 +130,7 @@ def run_training(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     n_params = sum(p.numel() for p in net.parameters())
     say(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, L={data.seq_len}, "
           f"d={data.embed_dim} | model {net.kind} fc={net.fc} ({n_params:,} parameters) | {describe(estimator)} | "
-          f"{trainer.device}{workers(world, cfg)} | {run_dir}")
+          f"{trainer.device} {precision_of(estimator, trainer.device)}{workers(world, cfg)} | {run_dir}")
 
     tracking = Tracker.from_config(cfg, run_dir, history=progress.history, job_type=job_type(cfg)) \
         if world.main else NullTracker()
@@ -188,7 +188,15 @@ def algorithm_summary(cfg: DictConfig, estimator: Any) -> dict[str, Any]:
     them."""
     betas = [estimator.beta_free, estimator.beta] if hasattr(estimator, "beta") else None
     return {"algorithm": describe(estimator), "algorithm._target_": cfg.algorithm._target_,
-            "T": getattr(estimator, "T", None), "K": getattr(estimator, "K", None), "betas": betas}
+            "T": getattr(estimator, "T", None), "K": getattr(estimator, "K", None), "betas": betas,
+            "precision": precision_of(estimator, resolve_device(str(cfg.device)))}
+
+
+def precision_of(estimator: Any, device: torch.device) -> str:
+    """The precision the learning rule runs at on `device` (`seqep.precision`: fp32 where the asked one falls back)."""
+    from seqep.precision import effective_precision
+
+    return effective_precision(getattr(estimator, "precision", "fp32"), device)
 
 
 def run_test(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -202,7 +210,7 @@ def run_test(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     data = dataset.load()
     net = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim).to(device=device, dtype=dtype)
     meta = ckpt.load_weights(net, target)
-    estimator = build_estimator(cfg.algorithm, torch.Generator().manual_seed(cfg.seed))
+    estimator = build_estimator(cfg.algorithm, torch.Generator().manual_seed(cfg.seed), str(cfg.precision))
     trainer = Trainer(cfg.trainer, net, estimator, feed(dataset, data, device, dtype))
     with Tracker.from_config(cfg, run_dir, job_type=job_type(cfg)) as tracker:
         metrics = {**trainer.evaluate("val"), **trainer.evaluate("test")}

@@ -5,7 +5,7 @@ A constructor's `ValueError`/`TypeError` becomes one `SeqepError` line naming th
 
     data    = build_dataset(cfg.dataset).load()
     net     = build_model(cfg.model, seq_len=data.seq_len, embed_dim=data.embed_dim)
-    est     = build_estimator(cfg.algorithm, generator)
+    est     = build_estimator(cfg.algorithm, generator, cfg.precision)
     opt     = build_optimizer(cfg.optimizer, net)          # one parameter group per synapse, optimizer.lrs
     sched   = build_scheduler(cfg.scheduler, opt)          # Schedule(scheduler, interval) or None
     loggers = build_loggers(cfg.logger)                    # {name: logger}
@@ -90,13 +90,24 @@ def build_model(node: Any, *, seq_len: int, embed_dim: int) -> Network:
     return build(node, "model", seq_len=seq_len, embed_dim=embed_dim)
 
 
-def build_estimator(node: Any, generator: torch.Generator | None = None) -> Any:
-    """The learning rule; it gets `generator` (seeded, saved in checkpoints) when its class takes one."""
+def build_estimator(node: Any, generator: torch.Generator | None = None, precision: str = "fp32") -> Any:
+    """The learning rule; it gets `generator` (seeded, saved in checkpoints) when its class takes one, and the
+    top-level `precision` as its attribute (`seqep.estimators.Estimator.precision`)."""
     target = _node(node)._target_
     from hydra.utils import get_object
 
     takes_generator = "generator" in inspect.signature(get_object(target)).parameters
-    return build(node, "algorithm", **({"generator": generator} if takes_generator else {}))
+    estimator = build(node, "algorithm", **({"generator": generator} if takes_generator else {}))
+    if not hasattr(estimator, "precision"):
+        if precision != "fp32":
+            raise SeqepError(f"precision={precision}: {target} has no `precision` attribute; subclass "
+                             f"seqep.estimators.Estimator (its free phase and predict follow it) or use precision=fp32")
+        return estimator
+    try:
+        estimator.precision = precision
+    except ValueError as err:
+        raise SeqepError(_one_line(err)) from None
+    return estimator
 
 
 def param_groups(net: Network, lrs: list[float] | None) -> list[dict[str, Any]]:
@@ -171,7 +182,7 @@ def dry_run(cfg: DictConfig) -> None:
     """Build every object once without data (the model on the meta device, the optimizer on stand-in tensors), so
     constructor errors and mismatches between groups fail before anything runs."""
     data = build_dataset(cfg.dataset)
-    build_estimator(cfg.algorithm, torch.Generator())
+    build_estimator(cfg.algorithm, torch.Generator(), str(cfg.precision))
     with torch.device("meta"):
         net = build_model(cfg.model, seq_len=int(data.seq_len), embed_dim=int(getattr(data, "embed_dim", 4)))
     if net.kind != data.kind:

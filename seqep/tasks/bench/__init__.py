@@ -8,9 +8,12 @@ autograd of Φ rebuilt every step, the old code's way) — it times
     run's optimizer (`optimizer=`, built by `seqep.training.builders.build_optimizer`, one learning rate `LR` for
     every synapse),
 and reports samples/s, the model FLOPs of SPEC.md §7 per second against a matmul ceiling measured in the same
-run, and peak memory. The paths must agree (free states and EP gradients, checked on every shape). Then the
-data-parallel rows (1, 2, ... workers at the SNLI shape), and peak memory of one training step against `T` in
-fresh processes (EP flat, full BPTT growing).
+run, and peak memory. Every row runs at the top-level `precision` (`seqep.precision`); at the shapes of
+`bench.precision_shapes` the closed path's free phase and symmetric EP step are also timed in every other
+precision the device runs (bf16-mixed where bfloat16 is fast, tf32 on CUDA), so the ratio shows. The paths
+must agree (free states and EP gradients, checked on every shape). Then the data-parallel rows (1, 2, ...
+workers at the SNLI shape), and peak memory of one training step against `T` in fresh processes (EP flat, full
+BPTT growing).
 
 Memory on CPU is the resident set: the kernel's high-water mark (`VmHWM`), reset before each measurement through
 `/proc/self/clear_refs` after `malloc_trim`, so a row's peak is its own; where that is not available the process
@@ -38,17 +41,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seqep.errors import SeqepError
+from seqep.precision import PRECISIONS, check_precision, supported
 from seqep.tasks.bench.cases import EP_BETAS, Settings, bench_old_code_batch, bench_shape
 from seqep.tasks.bench.measure import PeakMemory, matmul_ceiling, measure
 from seqep.tasks.bench.parallel import bench_data_parallel, worker_counts
-from seqep.tasks.bench.report import hardware, plot_memory, print_report, speedups
+from seqep.tasks.bench.report import hardware, plot_memory, precision_speedups, print_report, speedups
 from seqep.tasks.bench.shapes import OLD_CODE, SHAPES, Shape, drive_flops, step_flops, train_flops
 from seqep.utils import resolve_device, resolve_dtype
 
-__all__ = ["LR", "PRECISIONS", "SHAPES", "PeakMemory", "Settings", "Shape", "drive_flops",
+__all__ = ["LR", "SHAPES", "PeakMemory", "Settings", "Shape", "drive_flops",
            "matmul_ceiling", "measure", "read_settings", "run_bench", "step_flops", "train_flops"]
 
-PRECISIONS = ("float32", "tf32", "bf16")  # bench.precision: tf32 = CUDA matmuls in TF32, bf16 = model and data
 LR = 1e-5  # every synapse's learning rate in the bench: a small step, so repeats do not blow the weights up
 
 
@@ -63,21 +66,26 @@ def read_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
     there, typed and defaulted by `seqep.config.BenchConfig`)."""
     bench = cfg.bench
     device = resolve_device(str(cfg.device))
-    if bench.precision not in PRECISIONS:
-        raise SeqepError(f"bench.precision={bench.precision!r} is not allowed; choose one of: {', '.join(PRECISIONS)}")
-    dtype = torch.bfloat16 if bench.precision == "bf16" else resolve_dtype(cfg.dtype)
+    try:
+        precision = check_precision(str(cfg.precision))
+    except ValueError as err:
+        raise SeqepError(str(err)) from None
+    dtype = resolve_dtype(cfg.dtype)
     options = {"shapes": list(bench.shapes), "memory_shape": bench.memory_shape,
                "memory_T": [int(t) for t in bench.memory_T], "old_code_batches": bool(bench.old_code_batches),
                "ceiling_size": int(bench.ceiling_size if bench.ceiling_size is not None
                                    else 2048 if device.type == "cpu" else 8192),
                "workers": worker_counts(bench.workers, device), "parallel_shape": bench.parallel_shape}
-    unknown = [n for n in [*options["shapes"], options["memory_shape"], options["parallel_shape"]] if n not in SHAPES]
+    unknown = [n for n in [*options["shapes"], options["memory_shape"], options["parallel_shape"],
+                           *bench.precision_shapes] if n not in SHAPES]
     if unknown:
-        raise SeqepError(f"bench.shapes / bench.memory_shape / bench.parallel_shape: unknown {unknown}; choose from "
-                         f"{', '.join(SHAPES)}")
-    st = Settings(device=device, dtype=dtype, precision=bench.precision, repeats=int(bench.repeats),
+        raise SeqepError(f"bench.shapes / bench.memory_shape / bench.parallel_shape / bench.precision_shapes: unknown "
+                         f"{unknown}; choose from {', '.join(SHAPES)}")
+    others = tuple(p for p in PRECISIONS if p != precision and supported(p, device) and dtype == torch.float32)
+    st = Settings(device=device, dtype=dtype, precision=precision, repeats=int(bench.repeats),
                   betas=tuple(OmegaConf.select(cfg, "algorithm.betas", default=EP_BETAS)), tol=bench.tol,
-                  seed=int(cfg.seed), optimizer=optimizer_node(cfg), compile=bool(bench.compile))
+                  seed=int(cfg.seed), optimizer=optimizer_node(cfg), compile=bool(bench.compile),
+                  other_precisions=others, precision_shapes=tuple(bench.precision_shapes))
     return st, options
 
 
@@ -85,9 +93,9 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Measure, print the tables, write `bench.json` (and `plots/bench_memory.png`); returns the key numbers.
 
     Config keys (`seqep.config.BenchConfig`): bench.shapes, bench.repeats, bench.memory_T, bench.memory_shape,
-    bench.tol (null: no early-stop measurement), bench.old_code_batches, bench.precision (float32 | tf32 | bf16),
-    bench.compile, bench.ceiling_size (null: 2048 on CPU, 8192 on GPU), bench.workers and bench.parallel_shape
-    (data-parallel rows, `parallel.py`); the training step uses `optimizer`.
+    bench.tol (null: no early-stop measurement), bench.old_code_batches, bench.precision_shapes, bench.compile,
+    bench.ceiling_size (null: 2048 on CPU, 8192 on GPU), bench.workers and bench.parallel_shape (data-parallel
+    rows, `parallel.py`); the training step uses `optimizer`, every row `precision` (fp32 | bf16-mixed | tf32).
     """
     # imported here, not above: `python -m seqep.tasks.bench.probe` imports this package first, and would warn
     # if the package had already imported the module it is about to run
@@ -95,8 +103,6 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     st, opt = read_settings(cfg)
-    if st.precision == "tf32" and st.device.type == "cuda":  # on CPU float32 matmuls stay float32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     memory = PeakMemory(st.device)
     ceiling = matmul_ceiling(st.device, st.dtype, opt["ceiling_size"])
     report: dict[str, Any] = {"hardware": hardware(st.device), "ceiling_gflops": ceiling,
@@ -109,6 +115,7 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         report["rows"] += result.pop("rows")
         report["shapes"][name] = result
     report["speedups"] = speedups(report["rows"])
+    report["precision_speedups"] = precision_speedups(report["rows"])
     report["old_code"] = [bench_old_code_batch(n, st, memory, ceiling) for n in opt["shapes"]
                           if n in OLD_CODE and opt["old_code_batches"]]
     if opt["workers"]:
@@ -125,6 +132,8 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     summary = {"ceiling_gflops": ceiling, "bench_json": str(run_dir / "bench.json")}
     for s in report["speedups"]:
         summary[f"speedup/{s['path']}/{s['shape']}/{s['phase']}/{s['algorithm']}"] = s["speedup"]
+    for s in report["precision_speedups"]:
+        summary[f"precision_speedup/{s['precision']}/{s['shape']}/{s['phase']}/{s['algorithm']}"] = s["over_fp32"]
     for a, g in report.get("memory_growth", {}).items():
         summary[f"memory_growth/{a}"] = g
     for r in report.get("data_parallel", []):

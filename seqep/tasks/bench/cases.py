@@ -45,6 +45,8 @@ class Settings:
     seed: int
     optimizer: dict[str, Any]
     compile: bool = False
+    other_precisions: tuple[str, ...] = ()  # also timed (closed path: free phase, EP step) at `precision_shapes`
+    precision_shapes: tuple[str, ...] = ()
 
 
 def build(shape: Shape, st: Settings) -> tuple[HopfieldEPNet, torch.Tensor, torch.Tensor]:
@@ -58,10 +60,13 @@ def build(shape: Shape, st: Settings) -> tuple[HopfieldEPNet, torch.Tensor, torc
     return net, x.to(st.device, st.dtype), y.to(st.device)
 
 
-def estimator(algorithm: str, T: int, K: int, path: str, st: Settings, truncate: str = "last_k") -> Estimator:
-    if algorithm == "ep":
-        return EP(T, K, betas=st.betas, variant="symmetric", field_mode=path)
-    return BPTT(T, K, truncate=truncate, field_mode=path)
+def estimator(algorithm: str, T: int, K: int, path: str, st: Settings, truncate: str = "last_k",
+              precision: str | None = None) -> Estimator:
+    """Symmetric EP or BPTT on `path`, at `precision` (None: the run's, `st.precision`)."""
+    est = (EP(T, K, betas=st.betas, variant="symmetric", field_mode=path) if algorithm == "ep"
+           else BPTT(T, K, truncate=truncate, field_mode=path))
+    est.precision = st.precision if precision is None else precision
+    return est
 
 
 def train_step(est: Estimator, net: HopfieldEPNet, x: torch.Tensor, y: torch.Tensor,
@@ -98,7 +103,7 @@ def check_paths_agree(net: HopfieldEPNet, x: torch.Tensor, y: torch.Tensor, T: i
         state_diff = max((a - b).abs().max().item() for a, b in zip(*states.values()))
     grads = {}
     for p in PATHS:
-        estimator("ep", T, K, p, st).compute_gradients(net, x, y)
+        estimator("ep", T, K, p, st, precision="fp32").compute_gradients(net, x, y)
         grads[p] = [q.grad.clone() for q in net.parameters()]
     closed, auto = (torch.cat([g.flatten() for g in grads[p]]) for p in PATHS)
     grad_diff = ((closed - auto).norm() / auto.norm()).item()
@@ -118,10 +123,12 @@ def bench_shape(name: str, shape: Shape, st: Settings, ceiling: float, memory: P
     opt = build_optimizer(st.optimizer, net)
     rows = []
 
-    def row(phase: str, algorithm: str, path: str, flops: int, full_flops: int, res: dict) -> None:
-        print(f"bench: {name:8s} {phase:5s} {algorithm:8s} {path:9s} {B / res['seconds']:9.1f} samples/s "
-              f"{flops / 1e9 / res['seconds']:6.1f} GFLOP/s", flush=True)
-        rows.append({"shape": name, "phase": phase, "algorithm": algorithm, "path": path, "batch": B, "T": T,
+    def row(phase: str, algorithm: str, key: tuple[str, str], flops: int, full_flops: int, res: dict) -> None:
+        path, precision = key
+        print(f"bench: {name:8s} {phase:5s} {algorithm:8s} {path:9s} {precision:10s} {B / res['seconds']:9.1f} "
+              f"samples/s {flops / 1e9 / res['seconds']:6.1f} GFLOP/s", flush=True)
+        rows.append({"shape": name, "phase": phase, "algorithm": algorithm, "path": path, "precision": precision,
+                     "batch": B, "T": T,
                      "K": K if phase == "train" else None, **res, "samples_per_s": B / res["seconds"],
                      "gflop": flops / 1e9, "gflops_per_s": flops / 1e9 / res["seconds"],
                      "pct_of_ceiling": 100 * flops / 1e9 / res["seconds"] / ceiling,
@@ -129,15 +136,22 @@ def bench_shape(name: str, shape: Shape, st: Settings, ceiling: float, memory: P
 
     free = drive_flops(net, B) + step_flops(net, B) * T
     free_full = drive_flops(net, B) + step_flops(net, B) * shape.T
-    predict = {path: partial(estimator("ep", T, K, path, st).predict, net, x) for path in PATHS}
+    others = st.other_precisions if name in st.precision_shapes else ()  # closed path only, beside the run's
+    predict = {(path, st.precision): partial(estimator("ep", T, K, path, st).predict, net, x) for path in PATHS}
+    predict |= {("closed", p): partial(estimator("ep", T, K, "closed", st, precision=p).predict, net, x)
+                for p in others}
     if st.compile:
-        predict["compiled"] = compiled_free_phase(net, x, T)
-    for path, res in measure(predict, st.repeats, st.device, memory).items():
-        row("free", "ep|bptt", path, free, free_full, {**res, "s_per_step": res["seconds"] / T})
+        predict[("compiled", st.precision)] = compiled_free_phase(net, x, T)
+    for key, res in measure(predict, st.repeats, st.device, memory).items():
+        row("free", "ep|bptt", key, free, free_full, {**res, "s_per_step": res["seconds"] / T})
     for algorithm in ("ep", "bptt"):
-        steps = {path: partial(train_step, estimator(algorithm, T, K, path, st), net, x, y, opt) for path in PATHS}
-        for path, res in measure(steps, st.repeats, st.device, memory).items():
-            row("train", algorithm, path, train_flops(net, algorithm, B, T, K),
+        steps = {(path, st.precision): partial(train_step, estimator(algorithm, T, K, path, st), net, x, y, opt)
+                 for path in PATHS}
+        if algorithm == "ep":
+            steps |= {("closed", p): partial(train_step, estimator("ep", T, K, "closed", st, precision=p), net, x,
+                                             y, opt) for p in others}
+        for key, res in measure(steps, st.repeats, st.device, memory).items():
+            row("train", algorithm, key, train_flops(net, algorithm, B, T, K),
                 train_flops(net, algorithm, B, shape.T, shape.K), res)
     out: dict[str, Any] = {"shape": asdict(shape), "equivalence": check, "rows": rows}
     if st.tol is not None and shape.run_T is None:

@@ -26,7 +26,7 @@ def memory_probe(shape_name: str, algorithm: str, T: int, K: int, device: str, d
                  optimizer: dict[str, Any]) -> dict[str, float]:
     """Peak memory of one training step (EP symmetric, or full BPTT) in this process, with the optimizer built
     from the node `optimizer`. Run in a fresh process on CPU, where the resident high-water mark is per process."""
-    st = Settings(device=torch.device(device), dtype=getattr(torch, dtype), precision=dtype, repeats=1,
+    st = Settings(device=torch.device(device), dtype=getattr(torch, dtype), precision="fp32", repeats=1,
                   betas=EP_BETAS, tol=None, seed=0, optimizer=optimizer)
     net, x, y = build(SHAPES[shape_name], st)
     opt = build_optimizer(st.optimizer, net)

@@ -48,13 +48,30 @@ def hardware(device: torch.device) -> dict[str, Any]:
 
 
 def speedups(rows: list[dict]) -> list[dict[str, Any]]:
-    """samples/s of each fast path (closed, compiled) over the autograd path's, per shape and measurement."""
-    out, index = [], {(r["shape"], r["phase"], r["algorithm"], r["path"]): r for r in rows}
-    for (shape, phase, algorithm, path), r in index.items():
-        if path != "autograd" and (shape, phase, algorithm, "autograd") in index:
-            slow = index[(shape, phase, algorithm, "autograd")]
+    """samples/s of each fast path (closed, compiled) over the autograd path's, per shape and measurement, at the
+    same precision (the run's: only it has autograd rows)."""
+    out, index = [], {(r["shape"], r["phase"], r["algorithm"], r["path"], r["precision"]): r for r in rows}
+    for (shape, phase, algorithm, path, precision), r in index.items():
+        slow = index.get((shape, phase, algorithm, "autograd", precision))
+        if path != "autograd" and slow is not None:
             out.append({"shape": shape, "phase": phase, "algorithm": algorithm, "path": path,
                         "speedup": r["samples_per_s"] / slow["samples_per_s"]})
+    return out
+
+
+def precision_speedups(rows: list[dict]) -> list[dict[str, Any]]:
+    """samples/s of the closed path in each precision other than fp32 over the closed path in fp32
+    (`over_fp32`) and over the autograd path in fp32, the old code's way (`over_autograd_fp32`), per shape and
+    measurement."""
+    out, index = [], {(r["shape"], r["phase"], r["algorithm"], r["path"], r["precision"]): r for r in rows}
+    for (shape, phase, algorithm, path, precision), r in index.items():
+        base = index.get((shape, phase, algorithm, "closed", "fp32"))
+        if path != "closed" or precision == "fp32" or base is None:
+            continue
+        slow = index.get((shape, phase, algorithm, "autograd", "fp32"))
+        out.append({"shape": shape, "phase": phase, "algorithm": algorithm, "precision": precision,
+                    "over_fp32": r["samples_per_s"] / base["samples_per_s"],
+                    "over_autograd_fp32": None if slow is None else r["samples_per_s"] / slow["samples_per_s"]})
     return out
 
 
@@ -69,12 +86,12 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(f"[bold]seqep bench[/] on {hw['cpu']} ({hw['torch_threads']} threads), torch {hw['torch']}, "
                   f"{hw['device']} {report['settings']['precision']}; matmul ceiling "
                   f"{report['ceiling_gflops']:.0f} GFLOP/s; memory: {report['memory_method']}")
-    table = Table("shape", "phase", "algorithm", "path", "B", "T/K", "s", "samples/s", "GFLOP/s", "% ceil",
-                  "peak MB", "step MB", "full T/K s")
+    table = Table("shape", "phase", "algorithm", "path", "precision", "B", "T/K", "s", "samples/s", "GFLOP/s",
+                  "% ceil", "peak MB", "step MB", "full T/K s")
     for r in report["rows"]:
         steps = f"{r['T']}" if r["K"] is None else f"{r['T']}/{r['K']}"
         full = "" if r["projected_full_s"] is None else f"{r['projected_full_s']:.2f} (proj.)"
-        table.add_row(r["shape"], r["phase"], r["algorithm"], r["path"], str(r["batch"]), steps,
+        table.add_row(r["shape"], r["phase"], r["algorithm"], r["path"], r["precision"], str(r["batch"]), steps,
                       f"{r['seconds']:.3f}", f"{r['samples_per_s']:.1f}", f"{r['gflops_per_s']:.3g}",
                       f"{r['pct_of_ceiling']:.3g}", f"{r['peak_mb']:.0f}", f"{r['step_mb']:.0f}", full)
     if report["rows"]:  # bench.shapes=[]: only the data-parallel and memory parts
@@ -90,6 +107,11 @@ def print_report(report: dict[str, Any]) -> None:
     for s in report["speedups"]:
         console.print(f"speed-up {s['path']}/autograd  {s['shape']:8s} {s['phase']:5s} {s['algorithm']:8s} "
                       f"{s['speedup']:.2f}x")
+    for s in report.get("precision_speedups", []):
+        old = s["over_autograd_fp32"]
+        vs_old = "" if old is None else f", {old:.2f}x the autograd path in fp32"
+        console.print(f"precision {s['precision']}/fp32 (closed path) {s['shape']:8s} {s['phase']:5s} "
+                      f"{s['algorithm']:8s} {s['over_fp32']:.2f}x{vs_old}")
     for name, shape in report["shapes"].items():
         eq = shape["equivalence"]
         console.print(f"paths agree at {name}: {'yes' if eq['ok'] else 'NO'} (max |Δstate| "

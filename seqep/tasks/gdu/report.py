@@ -6,6 +6,9 @@ Config read: the learning rule's T, K and nudge β (any estimator with `T`, `K` 
 the rule's β), `gdu.betas` (the β sweep), `gdu.n_examples`, `gdu.n_elements`, `gdu.dtype`, `checkpoint.load`,
 `seed`, `device`, `dataset`, `model`, `logger`.
 
+Also the learning rule at the run's `precision` (fp32 | bf16-mixed | tf32) on a float32 copy of the model and
+batch: its gradient against float32 BPTT and against itself in float64 (`gdu/probe/...`, `precision_check`).
+
 Run directory:
     gdu_metrics.csv      one row per (variant, tensor): rmse, sign_agree_pct, rel_err, cos_cumulative,
                          cos_step_mean, cos_step_min, cos_step_<t>, norms (definitions: seqep/tasks/gdu/metrics.py)
@@ -62,6 +65,23 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     if out["n_examples"] < 1:
         raise SeqepError(f"gdu.n_examples={out['n_examples']} must be >= 1")
     return out
+
+
+def precision_check(cfg: DictConfig, net: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """The learning rule at the run's `precision` on a float32 copy of the model and batch, against float32 BPTT
+    (`gdu/probe/cos/<param>`, ...) and against itself in float64 (`gdu/probe/f64/cos/<param>`, ...): the training
+    probe's metrics (`seqep.diagnostics.probe`), named `gdu/probe/...`."""
+    import copy
+
+    from seqep.diagnostics import probe
+    from seqep.precision import effective_precision
+    from seqep.training.builders import build_estimator
+
+    estimator = build_estimator(cfg.algorithm, torch.Generator().manual_seed(int(cfg.seed)), str(cfg.precision))
+    net32, x32 = copy.deepcopy(net).to(torch.float32), x.to(torch.float32)
+    metrics = probe(net32, estimator, x32, y)
+    out = {f"gdu/probe/{k.removeprefix('ep/probe/')}": v for k, v in metrics.items()}
+    return {"gdu/precision": effective_precision(estimator.precision, x32.device), **out}
 
 
 def load_inputs(cfg: DictConfig, n_examples: int, dtype: torch.dtype) -> tuple[Any, torch.Tensor, torch.Tensor,
@@ -207,10 +227,14 @@ def run_gdu(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     result = gdu_check(net, x, y, s["T"], s["K"], s["beta"], bptt=bptt)
     sweep = gdu_sweep(net, x, y, s["T"], s["K"], s["betas"], kinds=("param",), bptt=bptt)
     summary, paths, metrics = write_report(result, sweep, run_dir, s["n_elements"], s["seed"])
+    summary |= precision_check(cfg, net, x, y)
     summary |= {"gdu/n_examples": int(x.shape[0]), "gdu/dtype": s["dtype"], "gdu/dataset": info["dataset"],
                 "gdu/weights": info["weights"], "gdu/time_s": time.perf_counter() - started}
     print_table(metrics, summary, f"GDU check: {info['dataset']}, weights {info['weights']}, "
                                   f"N={x.shape[0]}, T={s['T']}, K={s['K']}, β={s['beta']:g}, {s['dtype']}")
+    print(f"precision {summary['gdu/precision']}: the learning rule's gradient against itself in float64 cos_min "
+          f"{summary['gdu/probe/f64/cos_min']:.5f}, rel_err_max {summary['gdu/probe/f64/rel_err_max']:.2e}; "
+          f"against float32 BPTT cos_min {summary['gdu/probe/cos_min']:.4f} (gdu/probe/...)")
     with Tracker.from_config(cfg, run_dir, job_type="gdu") as tracker:
         tracker.log_summary(summary)
         tracker.log_table("gdu/metrics", metrics.fillna(np.nan))

@@ -1,0 +1,126 @@
+"""Precision of the relaxation (issue 13): which parts of a training step may run in a low precision.
+
+The top-level key `precision` (checked by `seqep.config.validate`, given to the estimator by
+`seqep.training.builders.build_estimator`) takes one of `PRECISIONS`:
+
+    fp32        everything in the network's dtype (float32; float64 for checks)
+    bf16-mixed  the free phase and every evaluation (`Estimator.predict`) in bfloat16, on a bfloat16 copy of the
+                weights (`Bf16Copy`, cast afresh at every use); the nudged phases start from the free state cast
+                back to float32, and the nudged phases, the EP gradient (from state differences) and the optimizer
+                stay float32 on the float32 master weights. BPTT: its graph-free head likewise, its graph steps
+                under `torch.autocast(bfloat16)`.
+    tf32        the same split, the free phase's float32 matmuls on TF32 tensor cores (CUDA only)
+
+Why this split: EP's gradient is a difference of two nearby states divided by β, which bfloat16's 8 bits of
+mantissa destroy (all-bf16 EP: cosine 0.53 to the float64 EP gradient on the trained default model), while the
+free phase only has to land near the fixed point the float32 nudged phases then refine (measured cosines in
+README, "Precision"). Casting the weights, not autocast, because the closed-form engine (`seqep.phase`) writes
+its products into reused buffers (`out=`), which autocast leaves in float32; the cast copy was also faster here
+(SNLI shape, T=60, B=32, 2-core EPYC with AVX512-BF16: free phase 1.15 s fp32, 0.42 s cast, 0.57 s autocast).
+
+Hardware without fast bfloat16 (a CPU without AVX512-BF16/AMX, a GPU without bf16) and tf32 anywhere but CUDA
+fall back to fp32 with one warning line per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import weakref
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seqep.utils import say
+
+PRECISIONS = ("fp32", "bf16-mixed", "tf32")  # the top-level key `precision`; fp32 is the default
+LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
+_WARNED: set[tuple[str, str]] = set()
+
+
+def check_precision(value: str, key: str = "precision") -> str:
+    """`value` if it is one of `PRECISIONS`; else one ValueError line naming `key`."""
+    if value not in PRECISIONS:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of: {', '.join(PRECISIONS)}")
+    return value
+
+
+@lru_cache(maxsize=None)
+def fast_bf16(device_type: str) -> bool:
+    """Whether bfloat16 matmuls are fast here: CUDA's `is_bf16_supported`; on CPU oneDNN (mkldnn) and the
+    AVX512-BF16 or AMX-BF16 instructions (/proc/cpuinfo; without them bf16 is emulated and slower than fp32)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def supported(precision: str, device: torch.device | str) -> bool:
+    """Whether `precision` runs as such on `device` (fp32 always; bf16-mixed with fast bfloat16; tf32 on CUDA)."""
+    kind = torch.device(device).type
+    return precision == "fp32" or (precision == "bf16-mixed" and fast_bf16(kind)) or \
+        (precision == "tf32" and kind == "cuda")
+
+
+def effective_precision(precision: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """What `precision` becomes on `device` for tensors of `dtype`: itself, or fp32 where it cannot help (then one
+    warning line per process and case). Tensors other than float32 (float64 checks) always run as they are."""
+    if precision == "fp32" or dtype != torch.float32:
+        return "fp32"
+    kind = torch.device(device).type
+    if supported(precision, kind):
+        return precision
+    why = ("this hardware has no fast bfloat16 (CPU: AVX512-BF16 or AMX)" if precision == "bf16-mixed"
+           else f"TF32 exists only on CUDA devices, not {kind}")
+    if (precision, kind) not in _WARNED:
+        _WARNED.add((precision, kind))
+        say(f"warning: precision={precision} falls back to fp32: {why}")
+    return "fp32"
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
+    """CUDA float32 matmuls (and cuDNN) on TF32 tensor cores inside the block; the old settings after it."""
+    if not enabled:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+class Bf16Copy:
+    """A bfloat16 copy of one network, refreshed from its float32 master weights at every use (the cast costs
+    ~2 ms for SNLI's 12 M parameters against ~0.4 s of free phase). Not keyed on parameter versions: the fused
+    optimizers update weights in place without bumping them. Holds the network weakly."""
+
+    def __init__(self) -> None:
+        self._net: weakref.ref | None = None
+        self._copy: nn.Module | None = None
+        self._layout: list | None = None
+
+    def of(self, net: nn.Module) -> nn.Module:
+        params = list(net.parameters())
+        layout = [(p.shape, p.device) for p in params]
+        if self._copy is None or self._net() is not net or layout != self._layout:
+            low = copy.deepcopy(net).to(LOW_DTYPE)
+            for p in low.parameters():
+                p.grad = None
+                p.requires_grad_(False)
+            self._net, self._copy, self._layout = weakref.ref(net), low, layout
+            return low
+        with torch.no_grad():
+            for low, p in zip(self._copy.parameters(), params):
+                low.copy_(p)
+        return self._copy
