@@ -116,6 +116,11 @@ class BenchConfig:
     compile: bool = False  # also time a torch.compile'd step
     workers: Optional[list[int]] = None  # data-parallel rows: worker counts; null = [1, 2] on CPU, [1, every GPU]
     parallel_shape: str = "snli"  # the shape of the data-parallel rows ([] workers = none)
+    # time to accuracy (seqep/tasks/bench/tta.py), on the run's own dataset: null = not measured
+    tta_target: Optional[float] = None  # the validation accuracy to reach, e.g. 0.72 on the default data
+    tta_variants: list[str] = field(default_factory=lambda: ["autograd", "closed", "mixed", "settle", "settle+mixed"])
+    tta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tta_max_epochs: int = 15
 
 
 @dataclass

@@ -217,3 +217,21 @@ def test_paper_shapes_are_the_issue_shapes():
     assert (SHAPES["snli"].seq_len, SHAPES["snli"].fc, SHAPES["snli"].T, SHAPES["snli"].K) == (25, (400, 3), 60, 30)
     assert (SHAPES["imdb"].seq_len, SHAPES["imdb"].fc, SHAPES["imdb"].batch) == (600, (1000, 40, 2), 8)
     assert SHAPES["default"].fc == (128, 2) and SHAPES["default"].batch == 64
+
+
+def test_time_to_accuracy_runs_every_variant_and_seed_and_ranks_them(tmp_path):
+    from conftest import TINY
+
+    cfg = bench_cfg("bench.shapes=[]", "bench.memory_T=[]", "bench.workers=[]", *TINY, "algorithm.T=6",
+                    "algorithm.K=3", "bench.tta_target=0.0", "bench.tta_variants=[autograd,closed,settle]",
+                    "bench.tta_seeds=[0,1]", "bench.tta_max_epochs=2")
+    summary = run_bench(cfg, tmp_path)
+    tta = json.loads((tmp_path / "bench.json").read_text())["time_to_accuracy"]
+    assert [t["variant"] for t in tta["table"]] == ["autograd", "closed", "settle"]
+    assert len(tta["runs"]) == 6 and all(r["epochs"] == 1 and r["seconds"] > 0 for r in tta["runs"])
+    assert all(t["reached"] == 2 and t["median_s"] > 0 for t in tta["table"])
+    assert tta["table"][0]["speedup_vs_autograd"] == 1.0
+    assert summary["tta/closed/speedup_vs_autograd"] == tta["table"][1]["speedup_vs_autograd"] > 0
+    with pytest.raises(SeqepError, match="bench.tta_variants: unknown 'fast'"):
+        run_bench(bench_cfg("bench.shapes=[]", "bench.memory_T=[]", "bench.workers=[]", *TINY,
+                            "bench.tta_target=0.5", "bench.tta_variants=[fast]"), tmp_path)

@@ -25,6 +25,7 @@ high-water mark from `getrusage` (monotone: a row then shows the largest peak so
     cases.py     `Settings`; the model, estimators and training step of a shape; the rows of one shape
     probe.py     peak memory against T, one fresh process per point (`python -m seqep.tasks.bench.probe`)
     parallel.py  samples/s of a data-parallel EP training step with 1, 2, ... workers (`trainer.devices`)
+    tta.py       time to a validation accuracy on the run's data, per way of running EP (bench.tta_target)
     report.py    the memory figure, hardware, speed-ups, the printed tables
     __init__.py  `read_settings` and `run_bench` (the task)
 """
@@ -47,6 +48,7 @@ from seqep.tasks.bench.measure import PeakMemory, matmul_ceiling, measure
 from seqep.tasks.bench.parallel import bench_data_parallel, worker_counts
 from seqep.tasks.bench.report import hardware, plot_memory, precision_speedups, print_report, speedups
 from seqep.tasks.bench.shapes import OLD_CODE, SHAPES, Shape, drive_flops, step_flops, train_flops
+from seqep.tasks.bench.tta import bench_time_to_accuracy
 from seqep.utils import resolve_device, resolve_dtype
 
 __all__ = ["LR", "SHAPES", "PeakMemory", "Settings", "Shape", "drive_flops",
@@ -95,7 +97,8 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     Config keys (`seqep.config.BenchConfig`): bench.shapes, bench.repeats, bench.memory_T, bench.memory_shape,
     bench.tol (null: no early-stop measurement), bench.old_code_batches, bench.precision_shapes, bench.compile,
     bench.ceiling_size (null: 2048 on CPU, 8192 on GPU), bench.workers and bench.parallel_shape (data-parallel
-    rows, `parallel.py`); the training step uses `optimizer`, every row `precision` (fp32 | bf16-mixed | tf32).
+    rows, `parallel.py`), bench.tta_target, tta_variants, tta_seeds, tta_max_epochs (time to accuracy, `tta.py`);
+    the training step uses `optimizer`, every row `precision` (fp32 | bf16-mixed | tf32).
     """
     # imported here, not above: `python -m seqep.tasks.bench.probe` imports this package first, and would warn
     # if the package had already imported the module it is about to run
@@ -120,6 +123,10 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                           if n in OLD_CODE and opt["old_code_batches"]]
     if opt["workers"]:
         report["data_parallel"] = bench_data_parallel(opt["parallel_shape"], opt["workers"], st)
+    if cfg.bench.tta_target is not None:
+        report["time_to_accuracy"] = bench_time_to_accuracy(
+            cfg, float(cfg.bench.tta_target), list(cfg.bench.tta_variants), [int(s) for s in cfg.bench.tta_seeds],
+            int(cfg.bench.tta_max_epochs))
     mem_shape = opt["memory_shape"]
     report["memory_vs_T"] = memory_vs_T(mem_shape, opt["memory_T"], st) if opt["memory_T"] else []
     if report["memory_vs_T"]:
@@ -136,6 +143,9 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         summary[f"precision_speedup/{s['precision']}/{s['shape']}/{s['phase']}/{s['algorithm']}"] = s["over_fp32"]
     for a, g in report.get("memory_growth", {}).items():
         summary[f"memory_growth/{a}"] = g
+    for t in report.get("time_to_accuracy", {}).get("table", []):
+        summary[f"tta/{t['variant']}/median_s"] = t["median_s"]
+        summary[f"tta/{t['variant']}/speedup_vs_autograd"] = t["speedup_vs_autograd"]
     for r in report.get("data_parallel", []):
         summary[f"data_parallel/{r['shape']}/{r['workers']}_workers/samples_per_s"] = r["samples_per_s"]
     return summary

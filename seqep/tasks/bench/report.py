@@ -128,6 +128,17 @@ def print_report(report: dict[str, Any]) -> None:
                       f"closed {o['closed_s_per_step']:.4f} ({o['closed_speedup_vs_old']:.1f}x, "
                       f"{o['closed_pct_of_ceiling']:.0f} %), autograd {o['autograd_s_per_step']:.4f} "
                       f"({o['autograd_speedup_vs_old']:.1f}x, {o['autograd_pct_of_ceiling']:.0f} %)")
+    if report.get("time_to_accuracy"):
+        tta = report["time_to_accuracy"]
+        table = Table("variant", "overrides", "reached", "median s", "median epochs", "vs autograd",
+                      title=f"time to validation accuracy {tta['target']:g} (seeds {tta['seeds']}, at most "
+                            f"{tta['max_epochs']} epochs)")
+        for t in tta["table"]:
+            table.add_row(t["variant"], " ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "(the run's)",
+                          f"{t['reached']}/{t['runs']}", "–" if t["median_s"] is None else f"{t['median_s']:.1f}",
+                          "–" if t["median_epochs"] is None else f"{t['median_epochs']:g}",
+                          "–" if t["speedup_vs_autograd"] is None else f"{t['speedup_vs_autograd']:.2f}x")
+        console.print(table)
     if report.get("data_parallel"):
         par = Table("shape", "workers", "threads each", "s / step", "samples/s", "vs 1 worker",
                     title="symmetric EP training step, data-parallel (global batch split across workers)")
