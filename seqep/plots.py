@@ -125,6 +125,8 @@ DASHBOARD: dict[str, tuple[Panel, ...]] = {
         Panel("examples not settled (max |Δs| > tol)", ("relax/*/frac_unsettled",), "fraction of examples",
               ylim=_FRACTION, hint=_DIAG),
         Panel("relaxation steps used", ("relax/*/steps",), "steps", hint=_DIAG),
+        Panel("steps per example (algorithm.tol: each example stops when settled)", ("relax/*/mean_steps",), "steps",
+              hint=_DIAG),
         Panel("Φ at the end of each phase", ("relax/*/phi",), "Φ (batch mean)", hint=_DIAG),
     ),
     "Output health": (
