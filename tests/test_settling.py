@@ -73,3 +73,18 @@ def test_ep_with_tol_settles_the_nudged_phases_and_keeps_the_gradient():
         assert bool((res.max_change < 1e-9).all()), phase
     for p, g in zip(net.parameters(), reference):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-9)
+
+
+def test_a_bfloat16_free_phase_settles_to_what_bfloat16_can_show(monkeypatch):
+    """bf16-mixed: a tol below bfloat16's resolution could never be met (every example would run to the cap); the
+    bfloat16 free phase settles to `LOW_RESOLUTION` instead, the float32 nudged phases to `tol`."""
+    import seqep.precision as precision
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda kind: True)  # bfloat16 runs anywhere, if slowly
+    net = small_net("sentiment", dtype=torch.float32)
+    x, y = small_input(net, B=16, dtype=torch.float32)
+    est = EP(T=300, K=300, betas=[0.0, 0.05], tol=1e-6)
+    est.precision = "bf16-mixed"
+    out = est.compute_gradients(net, x, y)
+    assert out.free.steps < 300 and bool((out.free.max_change < precision.LOW_RESOLUTION).all())
+    assert out.phases["plus"].steps < 300 and bool((out.phases["plus"].max_change < 1e-6).all())
