@@ -238,6 +238,8 @@ def _worker(rank: int, size: int, init_method: str, device: str, threads: int, r
         _init(World(rank, size, rank, size), device, init_method)
         result = fn(*args)
         conn.send(("ok", result))
+        with contextlib.suppress(Exception):  # leave together: gloo can abort a process that tears down alone
+            dist.barrier()
     except BaseException as err:  # reported to the parent, which stops the others and says it in one line
         status = getattr(err, "exit_status", 1)
         user = isinstance(err, (SeqepError, ValueError))
@@ -309,6 +311,8 @@ def launch(fn: Callable[..., Any], args: tuple, devices: int, device: str, run_d
         pending = {p.sentinel: r for r, p in enumerate(procs)} | {c: r for r, c in enumerate(conns)}
         while pending and failed is None:
             for ready in wait(list(pending)):
+                if ready not in pending:  # a message already read with its process's exit
+                    continue
                 rank = pending.pop(ready)
                 if ready in conns:
                     try:
@@ -320,7 +324,15 @@ def launch(fn: Callable[..., Any], args: tuple, devices: int, device: str, run_d
                 else:
                     procs[rank].join()
                     code = procs[rank].exitcode
-                    if code != 0 and failed is None and results.get(rank, ("",))[0] != "error":
+                    conn = conns[rank]
+                    if conn in pending and conn.poll():  # its message came with its exit: read it first
+                        pending.pop(conn)
+                        with contextlib.suppress(EOFError, OSError):
+                            results[rank] = conn.recv()
+                            if results[rank][0] == "error" and failed is None:
+                                failed = (rank, results[rank])
+                    # a worker that already sent its result has done its part, whatever its teardown did
+                    if code != 0 and failed is None and rank not in results:
                         what = (f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with "
                                 f"status {code}")
                         failed = (rank, ("error", "ProcessDied", f"its process {what}", None))
