@@ -67,15 +67,11 @@ def relax(
         return relax_per_example(net, x, states, steps, beta, target, field_mode=field_mode, tol=tol, drive=drive,
                                  keys=keys)
     keys = net.keys(x) if keys is None else keys
-    if field_mode == "autograd":  # the old code's way: Φ (input drive included) rebuilt and differentiated
-        step = partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
-    elif torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can go back through them
-        drive = net.input_drive(x) if drive is None else drive
+    if field_mode != "autograd" and torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can
+        drive = net.input_drive(x) if drive is None else drive  # go back through them
         step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
-    elif isinstance(net, HopfieldEPNet):  # EP phases: no graph, two reused state buffers (seqep/phase.py)
-        step = ClosedFormPhase(net, x, beta, target, drive, keys)
-    else:  # any other Network: its functional step
-        step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
+    else:
+        step = _stepper(net, x, beta, target, field_mode, drive, keys)
     reused = isinstance(step, ClosedFormPhase)
     trajectory, largest, mean = [], None, None
     for t in range(steps):
@@ -95,7 +91,9 @@ COMPACT_AT = 0.75  # rebuild the phase for the moving examples once at most this
 
 
 def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys):
-    """One phase's step function for a batch (closed form for a HopfieldEPNet under no_grad)."""
+    """One phase's step function for a batch without a graph: the old code's autograd of Φ (input drive included,
+    rebuilt every step), the closed-form engine with two reused state buffers for a HopfieldEPNet
+    (seqep/phase.py), or any other Network's functional step."""
     if field_mode == "autograd":
         return partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
     if isinstance(net, HopfieldEPNet):
@@ -124,27 +122,26 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     rows = torch.arange(B, device=x.device)  # the examples the phase runs on
     beta_rows = beta if isinstance(beta, Tensor) and beta.ndim > 0 else None
 
-    def select(t, idx):
-        return None if t is None else t[idx]
+    def build(idx):  # the phase of some examples (None: all, as given)
+        pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
+        b = pick(beta_rows) if beta_rows is not None else beta
+        return _stepper(net, pick(x), b, pick(target), field_mode, pick(drive), (pick(keys[0]), pick(keys[1])))
 
-    def build(idx):
-        b = select(beta_rows, idx) if beta_rows is not None else beta
-        k = (keys[0][idx], select(keys[1], idx))
-        return _stepper(net, x[idx], b, select(target, idx), field_mode, select(drive, idx), k)
-
-    step, cur = build(rows), list(states)  # phases never write their start states
+    step, cur = build(None), list(states)  # phases never write their start states
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
     used = 0
     for t in range(steps):
         new = step(cur)
         big, avg = state_change(new, cur)
-        live = rows[moving]
+        settled = moving & (big < tol)
+        done = moving if t + 1 == steps else settled  # written back once: when settled, or at the cap
+        idx = rows[done]
         for o, n in zip(out, new):
-            o[live] = n[moving]
-        largest[live], mean[live], ran[live] = big[moving], avg[moving], t + 1
-        moving &= big >= tol
+            o[idx] = n[done]
+        largest[idx], mean[idx], ran[idx] = big[done], avg[done], t + 1
+        moving &= ~settled
         used = t + 1
-        n_moving = int(moving.sum())
+        n_moving = int(moving.sum())  # the one host sync of a step
         if n_moving == 0:
             break
         if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:

@@ -209,16 +209,21 @@ def free_port() -> int:
 
 
 def _log_to(run_log: str | None) -> None:
-    """Rank 0 of `launch`: say() lines on stdout and in the run's run.log, as Hydra's job logging does."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    root.addHandler(console)
+    """Rank 0 of `launch`: say() lines as Hydra's job logging does (conf/hydra/job_logging/seqep.yaml): plain on
+    stdout and, with time and level, appended to the run's run.log."""
+    import logging.config
+
+    from omegaconf import OmegaConf
+
+    from seqep.config import CONF_DIR
+
+    spec = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "hydra" / "job_logging" / "seqep.yaml"))
     if run_log:
-        file = logging.FileHandler(run_log)
-        file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        root.addHandler(file)
+        spec["handlers"]["file"].update(filename=run_log, mode="a")
+    else:
+        del spec["handlers"]["file"]
+        spec["root"]["handlers"].remove("file")
+    logging.config.dictConfig(spec)
 
 
 def _worker(rank: int, size: int, init_method: str, device: str, threads: int, run_log: str | None,
