@@ -246,6 +246,31 @@ def test_a_signal_stops_the_run_cleanly_and_it_resumes(tmp_path, sig, status):
 
 
 @pytest.mark.slow
+def test_a_signal_stops_a_local_sweep_not_just_its_job(tmp_path):
+    """Ctrl-C or SIGTERM to `run.py -m` stops the sweep: the running job is interrupted (resumable) and the next one
+    does not start (a signal used to end only the job, and the sweep went on with the next)."""
+    import signal
+    import time
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEQEP_DATA": str(tmp_path / "data")}
+    tiny = [a for a in TINY if not a.startswith(("trainer.epochs", "trainer.limit_train"))]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", f"paths.output_root={tmp_path / 'out'}",
+                             *tiny, "trainer.epochs=200", "seed=0,1"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any('"kind": "epoch"' in p.read_text()
+                                             for p in (tmp_path / "out").glob("multirun/*/*/0/metrics.jsonl")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM"), err
+    (sweep,) = (tmp_path / "out").glob("multirun/*/*")
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "interrupted"
+    assert not (sweep / "1").exists()
+
+
+@pytest.mark.slow
 def test_two_runs_in_one_directory_the_second_fails_before_writing(tmp_path):
     import signal
     import time

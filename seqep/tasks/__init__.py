@@ -216,11 +216,21 @@ def in_multirun() -> bool:
     return hc is not None and OmegaConf.select(hc, "mode", default=None) == RunMode.MULTIRUN
 
 
+def on_cluster() -> bool:
+    """Whether this multirun's jobs are submitted by submitit (`launcher=slurm`, `slurm_local`): each job is then
+    a process of its own that a scheduler may signal alone."""
+    return OmegaConf.select(_hydra_config(), "launcher.submitit_folder", default=None) is not None
+
+
 def run_job(cfg: DictConfig) -> Any:
     """What `run.py` runs for each job: `dispatch`; in a multirun a failing job is recorded, not raised, so every
-    other job still runs and the sweep's table is written (`seqep.sweep`). Returns the summary, or the value of
-    `optimized_metric` for a search (NaN when the job failed: the trial counts as failed)."""
+    other job still runs and the sweep's table is written (`seqep.sweep`). A job stopped by a signal (Ctrl-C,
+    SIGTERM) under a launcher that runs jobs on this machine is raised: the signal came to the sweep, which stops
+    with it (on SLURM a signal is the scheduler's to one job: a time limit, a preemption; the others go on).
+    Returns the summary, or the value of `optimized_metric` for a search (NaN when the job failed: the trial counts
+    as failed)."""
     from seqep.training import distributed
+    from seqep.training.stop import Interrupted
 
     try:
         summary = dispatch(cfg)
@@ -228,7 +238,7 @@ def run_job(cfg: DictConfig) -> Any:
         tasks = distributed.launcher_tasks()
         if tasks is not None and not tasks.main:  # a worker other than rank 0: rank 0 records the job
             raise
-        if not in_multirun():
+        if not in_multirun() or (isinstance(err, Interrupted) and not on_cluster()):
             raise
         summary = record_failure(cfg, err)
     metric = OmegaConf.select(cfg, "optimized_metric", default=None)
