@@ -67,8 +67,9 @@ class TrainerConfig:
     log_every: int = 50  # batches between batch-level rows in metrics.jsonl (0 = none)
     probe_every: int = 1  # epochs between EP-vs-BPTT gradient probes; 0 = never
     probe_size: int = 64  # examples in the fixed probe batch (the first of the validation split)
+    probe_f64: bool = True  # the probe also compares with a float64 EP gradient (ep/probe/f64/): a float64 model copy
     diagnostics_every: int = 10  # batches between EP diagnostics (relax/, out/, attn/, grad/ metrics); 0 = off
-    diagnostics_tol: float = 1e-3  # an example whose largest last-step state change exceeds this is unsettled
+    diagnostics_tol: float = 1e-3  # without algorithm.tol: an example whose last state change exceeds this is unsettled
     progress: Any = "auto"  # tqdm progress bar: auto (only when stderr is a terminal) | true | false
     stop_on_dead: bool = True  # stop (failed) after an epoch in which every output was tied: nothing can be learnt
     devices: int = 1  # worker processes of one training on this machine (data-parallel; one GPU each on CUDA)

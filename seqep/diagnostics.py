@@ -3,7 +3,8 @@
 Stable metric names (metrics file and W&B; phase = free, plus, minus):
 
 - `relax/<phase>/max_change`, `relax/<phase>/mean_change`: largest / mean |Δs| at the phase's last step
-- `relax/<phase>/frac_unsettled`: fraction of examples whose largest change is above `trainer.diagnostics_tol`
+- `relax/<phase>/frac_unsettled`: fraction of examples not settled: with `algorithm.tol`, those that ran to the
+  step cap (T or K) without meeting it; without, those whose last change is above `trainer.diagnostics_tol`
 - `relax/<phase>/steps`: relaxation steps used (< T or K only with the early stop `algorithm.tol`)
 - `relax/<phase>/mean_steps`: with `algorithm.tol`, the mean over examples of the steps each ran before it settled
 - `relax/<phase>/phi`: Φ at the end of the phase, batch mean
@@ -47,11 +48,14 @@ def dense_layer_names(net: Network) -> list[str]:
 
 
 def convergence(res: RelaxResult, tol: float) -> dict[str, float]:
-    """Settling of one phase from its last step's state change."""
+    """Settling of one phase from its last step's state change. Unsettled: with per-example settling
+    (`algorithm.tol`), an example that ran to the cap without meeting its criterion; otherwise one whose largest
+    last-step change exceeds `tol` (`trainer.diagnostics_tol`)."""
+    unsettled = ~res.settled if res.settled is not None else res.max_change > tol
     metrics = {
         "max_change": res.max_change.max().item(),
         "mean_change": res.mean_change.mean().item(),
-        "frac_unsettled": (res.max_change > tol).float().mean().item(),
+        "frac_unsettled": unsettled.float().mean().item(),
         "steps": float(res.steps),
     }
     if res.example_steps is not None:
@@ -150,9 +154,10 @@ def precision_fidelity(net: Network, estimator: Estimator, x: Tensor, y: Tensor,
     return metrics
 
 
-def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str, float]:
+def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor, f64: bool = True) -> dict[str, float]:
     """Cosine and relative error between the estimator in use and BPTT from the free equilibrium, per tensor
-    (`ep/probe/...`), and of the same estimate against float64 (`ep/probe/f64/...`, `precision_fidelity`).
+    (`ep/probe/...`), and with `f64` of the same estimate against float64 (`ep/probe/f64/...`,
+    `precision_fidelity`: it costs a float64 copy of the model and as much time again).
 
     BPTT runs T free steps without a graph, then K with one, in float32: the true gradient of the loss reached by
     K more steps from (near) equilibrium — what EP approximates. Leaves `p.grad` as it found it."""
@@ -164,7 +169,7 @@ def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor) -> dict[str,
         estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode)
         estimator.precision = precision
     metrics = agreement(_gradients(estimator, net, x, y), _gradients(reference, net, x, y), "ep/probe/")
-    return metrics | precision_fidelity(net, estimator, x, y)
+    return metrics | precision_fidelity(net, estimator, x, y) if f64 else metrics
 
 
 class EpochAverager:
@@ -186,12 +191,13 @@ class EpochAverager:
 class Diagnostics:
     """The trainer's hook: every `every`-th batch (the first included) it records the phase, output, attention
     and gradient metrics; at the end of an epoch it returns their means, plus the EP-vs-BPTT probe on a fixed
-    batch every `probe_every` epochs. `every=0` and `probe_every=0` switch the parts off."""
+    batch every `probe_every` epochs (with `probe_f64`, against float64 too). `every=0` and `probe_every=0` switch
+    the parts off."""
 
     def __init__(self, estimator: Estimator, every: int, tol: float, probe_every: int,
-                 probe_batch: tuple[Tensor, Tensor] | None) -> None:
+                 probe_batch: tuple[Tensor, Tensor] | None, probe_f64: bool = True) -> None:
         self.estimator, self.every, self.tol = estimator, every, tol
-        self.probe_every, self.probe_batch = probe_every, probe_batch
+        self.probe_every, self.probe_batch, self.probe_f64 = probe_every, probe_batch, probe_f64
         self.beta = getattr(estimator, "beta", None)
         self.averager = EpochAverager()
         self.seconds = 0.0  # time spent here this epoch, reported as time/diagnostics_s
@@ -216,7 +222,7 @@ class Diagnostics:
         start = time.perf_counter()
         metrics = self.averager.means()
         if self.probe_batch is not None and self.probe_every > 0 and epoch % self.probe_every == 0:
-            metrics.update(probe(net, self.estimator, *self.probe_batch))
+            metrics.update(probe(net, self.estimator, *self.probe_batch, f64=self.probe_f64))
         metrics["time/diagnostics_s"] = self.seconds + time.perf_counter() - start
         self.averager, self.seconds = EpochAverager(), 0.0
         return metrics

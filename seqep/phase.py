@@ -37,12 +37,34 @@ class ClosedFormPhase:
         self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
         self.mask = None if mask is None else mask.reshape(B * P, 1, L)
         self.nudge = None if target is None or _is_zero(beta) else (_column(beta), target)
-        self.feedback = drive.new_empty(B, P * L * d)
-        self.scores = drive.new_empty(B * P, L, L)
-        self.attention = drive.new_empty(B * P, L, L)
-        self.fields_t = [drive.new_empty(h, B) for h in net.fc]
-        self.buffers: list[States] = [net.init_states(B, device=x.device, dtype=drive.dtype) for _ in range(2)]
+        self._allocate(B, x.device, drive.dtype)
+
+    def _allocate(self, B: int, device: torch.device, dtype: torch.dtype) -> None:
+        P, (L, d) = self.net.n_proj, self.blocks[1:]
+        self.feedback = self.keys.new_empty(B, P * L * d)
+        self.scores = self.keys.new_empty(B * P, L, L)
+        self.attention = self.keys.new_empty(B * P, L, L)
+        self.fields_t = [self.keys.new_empty(h, B) for h in self.net.fc]
+        self.buffers: list[States] = [self.net.init_states(B, device=device, dtype=dtype) for _ in range(2)]
         self.turn = 0
+
+    def select(self, rows: Tensor) -> ClosedFormPhase:
+        """The same phase for some of its examples (`rows`, indices into its batch): the prepared constants are
+        indexed, not recomputed (per-example settling shrinks a phase to the examples still moving)."""
+        P, old_B = self.net.n_proj, self.feedback.shape[0]
+        blocks = (rows[:, None] * P + torch.arange(P, device=rows.device)).flatten()  # (B·P) rows of the blocks
+        new = object.__new__(ClosedFormPhase)
+        new.net, new.blocks = self.net, (len(blocks), *self.blocks[1:])
+        new.keys, new.scaled_keys_t = self.keys[blocks], self.scaled_keys_t[blocks]
+        new.drive_scores = self.drive_scores[blocks]
+        new.mask = None if self.mask is None else self.mask[blocks]
+        new.nudge = None
+        if self.nudge is not None:
+            beta, target = self.nudge
+            per_row = isinstance(beta, Tensor) and beta.ndim == 2 and beta.shape[0] == old_B
+            new.nudge = (beta[rows] if per_row else beta, target[rows])
+        new._allocate(len(rows), self.keys.device, self.buffers[0][0].dtype)
+        return new
 
     def __call__(self, states: States) -> States:
         """One step from `states` (the start states or the last states returned; never written)."""

@@ -45,9 +45,16 @@ LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
 LOW_RESOLUTION = 2.0**-7
 
 
-def low_precision_tol(tol: float | None) -> float | None:
-    """The per-example settling tolerance of a bfloat16 phase: `tol`, but never below `LOW_RESOLUTION`."""
-    return None if tol is None else max(float(tol), LOW_RESOLUTION)
+def settle_tol(tol: float | None, dtype: torch.dtype) -> float | None:
+    """A per-example settling tolerance a phase in `dtype` can meet: `tol`, but never below what the dtype can
+    show: `LOW_RESOLUTION` for bfloat16, 32 machine epsilons otherwise (states reach ~8 in magnitude, where one
+    rounding of float32 is 4 eps; `tol·β` of EP's nudged phases with a small tol would otherwise never be met)."""
+    if tol is None:
+        return None
+    floor = LOW_RESOLUTION if dtype == LOW_DTYPE else 32 * torch.finfo(dtype).eps
+    return max(float(tol), floor)
+
+
 _WARNED: set[tuple[str, str]] = set()
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from seqep.network import HopfieldEPNet, Network, States
 from seqep.phase import ClosedFormPhase
+from seqep.precision import settle_tol
 
 FIELD_MODES = ("closed", "autograd")
 
@@ -28,20 +29,31 @@ class RelaxResult:
     mean_change: Tensor | None = None  # (B,) mean |Δs| over all units at the last step
     trajectory: list[States] = field(default_factory=list)  # states after every step when record=True
     example_steps: Tensor | None = None  # (B,) steps each example ran before it settled (per-example `tol`)
+    settled: Tensor | None = None  # (B,) bool: met its `tol` before the cap (per-example `tol`)
 
     def part(self, rows: slice) -> RelaxResult:
         """The result of some examples only (e.g. the +β half of a stacked ±β batch)."""
         pick = (lambda t: None if t is None else t[rows])
         return RelaxResult([s[rows] for s in self.states], self.steps, pick(self.max_change),
-                           pick(self.mean_change), [], pick(self.example_steps))
+                           pick(self.mean_change), [], pick(self.example_steps), pick(self.settled))
 
 
 def state_change(new: States, old: States) -> tuple[Tensor, Tensor]:
     """Per-example largest and mean absolute change over every unit of every layer, each `(B,)`."""
     diffs = [(a - b).abs().flatten(1) for a, b in zip(new, old)]
     largest = torch.stack([d.amax(1) for d in diffs], 1).amax(1)
-    mean = torch.cat(diffs, 1).mean(1)
-    return largest, mean
+    return largest, torch.cat(diffs, 1).mean(1)
+
+
+def pair_change(new: States, old: States) -> tuple[Tensor, Tensor]:
+    """For a batch of two halves (row i pairs with row i + B/2): per pair, the largest absolute change of the
+    half-difference `(a − b)/2` and of the mean `(a + b)/2` over every unit, each `(B/2,)`."""
+    return _pair_largest(torch.cat([(a - b).flatten(1) for a, b in zip(new, old)], 1))
+
+
+def _pair_largest(diffs: Tensor) -> tuple[Tensor, Tensor]:
+    first, second = diffs.chunk(2)
+    return ((first - second) / 2).abs().amax(1), ((first + second) / 2).abs().amax(1)
 
 
 def relax(
@@ -57,15 +69,19 @@ def relax(
     record: bool = False,
     drive: Tensor | None = None,
     keys: tuple[Tensor, Tensor | None] | None = None,
+    pair_tol: float | None = None,
 ) -> RelaxResult:
-    """Run up to `steps` synchronous steps. With `tol`, each example stops once its largest state change is below
-    `tol` (its states stay as they were then) and stops costing: the batch is compacted to the examples still
-    moving (`relax_per_example`); under autograd (BPTT's graph) or `record`, the whole batch stops together."""
+    """Run up to `steps` synchronous steps. With `tol` (never below what `x`'s dtype can show,
+    `seqep.precision.settle_tol`), each example stops once its largest state change is below `tol` (its states
+    stay as they were then) and stops costing: the batch is compacted to the examples still moving
+    (`relax_per_example`, where `pair_tol` makes rows i and i + B/2 one pair); under autograd (BPTT's graph) or
+    `record`, the whole batch stops together."""
     if field_mode not in FIELD_MODES:
         raise ValueError(f"field_mode must be one of {FIELD_MODES}, got {field_mode!r}")
+    tol, pair_tol = settle_tol(tol, x.dtype), settle_tol(pair_tol, x.dtype)
     if tol is not None and not record and not torch.is_grad_enabled():
         return relax_per_example(net, x, states, steps, beta, target, field_mode=field_mode, tol=tol, drive=drive,
-                                 keys=keys)
+                                 keys=keys, pair_tol=pair_tol)
     keys = net.keys(x) if keys is None else keys
     if field_mode != "autograd" and torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can
         drive = net.input_drive(x) if drive is None else drive  # go back through them
@@ -104,13 +120,20 @@ def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys
 @torch.no_grad()
 def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta: float | Tensor = 0.0,
                       target: Tensor | None = None, *, field_mode: str = "closed", tol: float,
-                      drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None) -> RelaxResult:
+                      drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None,
+                      pair_tol: float | None = None) -> RelaxResult:
     """Up to `steps` steps; an example whose largest change falls below `tol` keeps the states it had then.
 
     Examples of a batch do not interact, so each one's states are those of a run of its own. The phase runs on
-    the examples still moving: once at most `COMPACT_AT` of its batch still moves, it is rebuilt for those
-    (`ClosedFormPhase` prepares per-batch constants once). `steps` of the result is the longest any example
-    ran; `example_steps` is each one's."""
+    the examples still moving: once at most `COMPACT_AT` of its batch still moves, it shrinks to those
+    (`ClosedFormPhase.select` indexes the constants it prepared; other steppers are rebuilt). `steps` of the
+    result is the longest any example ran; `example_steps` is each one's, `settled` whether it met its criterion
+    before the cap.
+
+    `pair_tol`: the batch is two halves of the same examples (symmetric EP's +β and −β phases); row i and row
+    i + B/2 stop together, once the largest change of their half-difference is below `tol` and that of their
+    mean below `pair_tol`. EP's gradient is the difference of the two, so it needs `tol` there, while what the
+    free phase left unsettled moves both halves alike: it only has to settle as far as the free phase did."""
     B = x.shape[0]
     keys = net.keys(x) if keys is None else keys
     if drive is None and field_mode != "autograd" and hasattr(net, "input_drive"):
@@ -119,6 +142,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     largest = x.new_zeros(B)
     mean = x.new_zeros(B)
     ran = torch.zeros(B, dtype=torch.long, device=x.device)
+    met = torch.zeros(B, dtype=torch.bool, device=x.device)
     rows = torch.arange(B, device=x.device)  # the examples the phase runs on
     beta_rows = beta if isinstance(beta, Tensor) and beta.ndim > 0 else None
 
@@ -132,22 +156,29 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     used = 0
     for t in range(steps):
         new = step(cur)
-        big, avg = state_change(new, cur)
-        settled = moving & (big < tol)
+        diffs = torch.cat([(n - c).flatten(1) for n, c in zip(new, cur)], 1)  # (rows, every unit)
+        big = diffs.abs().amax(1)
+        if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
+            half_diff, common = _pair_largest(diffs)
+            both = (half_diff < tol) & (common < pair_tol)
+            settled = moving & torch.cat([both, both])
+        else:
+            settled = moving & (big < tol)
         done = moving if t + 1 == steps else settled  # written back once: when settled, or at the cap
-        idx = rows[done]
-        for o, n in zip(out, new):
-            o[idx] = n[done]
-        largest[idx], mean[idx], ran[idx] = big[done], avg[done], t + 1
+        if bool(done.any()):
+            idx = rows[done]
+            for o, n in zip(out, new):
+                o[idx] = n[done]
+            largest[idx], mean[idx], ran[idx], met[idx] = big[done], diffs[done].abs().mean(1), t + 1, settled[done]
         moving &= ~settled
         used = t + 1
         n_moving = int(moving.sum())  # the one host sync of a step
         if n_moving == 0:
             break
         if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:
-            rows = rows[moving]
-            cur = [n[moving] for n in new]  # a copy: the old phase's buffers are left behind
-            step, moving = build(rows), torch.ones(len(rows), dtype=torch.bool, device=x.device)
+            rows, cur = rows[moving], [n[moving] for n in new]  # a copy: the old phase's buffers are left behind
+            step = step.select(moving.nonzero().squeeze(1)) if isinstance(step, ClosedFormPhase) else build(rows)
+            moving = torch.ones(len(rows), dtype=torch.bool, device=x.device)
         else:
             cur = new
-    return RelaxResult(out, used, largest, mean, [], ran)
+    return RelaxResult(out, used, largest, mean, [], ran, met)

@@ -30,7 +30,8 @@ def test_default_config_is_spec_default_model():
     assert cfg.model._target_ == "seqep.network.HopfieldEPNet" and cfg.model.kind == "sentiment"
     assert list(cfg.model.fc) == [128, 2] and cfg.model.activation == "my_hard_sig" and cfg.model.attn_scale is None
     a = cfg.algorithm
-    assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 20, 8, [0.0, 0.1])
+    assert (a._target_, a.variant, a.T, a.K, list(a.betas), a.tol) == ("seqep.estimators.EP", "symmetric", 100, 40,
+                                                                      [0.0, 0.02], 2e-3)
     o = cfg.optimizer
     assert (o._target_, o._partial_, o.lrs, o.lr, o.eps, o.fused) == ("torch.optim.Adam", True, None, 1e-3, 1e-8, True)
     s = cfg.scheduler

@@ -44,7 +44,7 @@ def test_own_rule_dataset_and_optimizer_train_and_resume(folder):
     assert first.returncode == 0, first.stderr
     (run,) = folder.glob("outputs/*/*_first")
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["algorithm"] == "ScaledEP symmetric T=6 K=3 betas=[0.0, 0.1] proj_scale=0.5"
+    assert summary["algorithm"] == "ScaledEP symmetric T=6 K=3 betas=[0.0, 0.02] proj_scale=0.5"
     assert summary["algorithm._target_"] == "my_rules.ScaledEP"
     assert summary["optimizer"] == "torch.optim.RMSprop" and summary["dataset"] == "majority"
     assert "ScaledEP symmetric" in first.stdout  # the run header describes the object itself
@@ -66,7 +66,7 @@ def test_own_rule_dataset_and_optimizer_train_and_resume(folder):
 @pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("+algorithm.TT=3", "algorithm.TT is not a key of my_rules.ScaledEP; its keys are: T, K, betas, variant, "
-                        "proj_scale"),
+                        "tol, proj_scale"),
     ("algorithm.proj_scale=-1", "algorithm.proj_scale=-1.0 must be >= 0"),
     ("+optimizer.momentun=0.5", "optimizer.momentun is not a key of torch.optim.RMSprop"),
     ("dataset.n_trian=5", "dataset.n_trian"),

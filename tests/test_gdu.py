@@ -115,7 +115,7 @@ def test_symmetric_is_the_mean_of_one_sided_and_sums_to_the_estimators():
         torch.testing.assert_close(result.ep["symmetric"][name],
                                    (result.ep["positive"][name] + result.ep["negative"][name]) / 2)
     for variant in ("symmetric", "positive", "negative"):
-        EP(40, 8, [0.0, 0.05], variant).compute_gradients(net, x, y)
+        EP(40, 8, [0.0, 0.05], variant, tol=None).compute_gradients(net, x, y)  # the fixed steps gdu records
         for name, g in grads_by_name(net).items():
             torch.testing.assert_close(result.ep[variant][name].sum(0), g, rtol=1e-7, atol=1e-12)
 
@@ -182,7 +182,7 @@ def test_task_gdu_writes_table_plots_and_summary(tmp_path, capsys):
         assert (run / "plots" / f"{name}.png").stat().st_size > 10_000
     saved = json.loads((run / "summary.json").read_text())
     assert saved["gdu/K"] == 5 and saved["gdu/n_examples"] == 6 and "weights.pt" in saved["gdu/weights"]
-    assert summary["gdu/beta"] == 0.1 and summary["gdu/dtype"] == "float64"
+    assert summary["gdu/beta"] == 0.02 and summary["gdu/dtype"] == "float64"
     assert {"gdu/slope/positive", "gdu/slope/symmetric", "gdu/param_one_sided_over_sym"} <= set(summary)
     # the rule at the run's precision (fp32) against itself in float64 and against float32 BPTT
     assert summary["gdu/precision"] == "fp32" and summary["gdu/probe/f64/cos_min"] > 0.9999

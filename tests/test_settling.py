@@ -41,6 +41,63 @@ def test_a_step_cap_leaves_the_stragglers_unsettled_and_says_so():
         torch.testing.assert_close(a[unsettled], b[unsettled], rtol=0, atol=1e-12)
 
 
+def test_paired_phases_stop_together_once_their_difference_settled():
+    """Symmetric EP's +β and −β phases of an example (rows i and i + B) stop together, once their half-difference
+    (EP's gradient) moves less than `tol` and their mean less than `pair_tol`; each pair ends where a run of that
+    pair alone ends."""
+    from seqep.relax import pair_change
+
+    net = small_net("nli")
+    x, y = small_input(net, B=7)
+    target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
+    two = lambda t: torch.cat([t, t])
+    beta = torch.cat([x.new_full((7,), 0.3), x.new_full((7,), -0.3)])
+    with torch.no_grad():
+        start = relax(net, x, net.init_states(7, dtype=x.dtype), 6).states  # far from settled
+        run = lambda rows, **kw: relax(net, two(x[rows]), [two(s[rows]) for s in start], 300,
+                                       beta[[*rows, *(r + 7 for r in rows)]], two(target[rows]), **kw)
+        res = run(list(range(7)), tol=1e-8, pair_tol=1e-9)
+        steps = res.example_steps
+        assert torch.equal(steps[:7], steps[7:]) and len(set(steps.tolist())) > 1 and res.steps < 300
+        for i in range(7):
+            own = run([i], tol=1e-8, pair_tol=1e-9)
+            assert own.steps == int(steps[i])
+            for a, b in zip(res.states, own.states):
+                torch.testing.assert_close(a[[i, i + 7]], b, rtol=0, atol=1e-12)
+            # one step more moves the half-difference by about < tol and the mean by about < pair_tol
+            half_diff, common = pair_change(relax(net, two(x[[i]]), own.states, 1, beta[[i, i + 7]],
+                                                  two(target[[i]])).states, own.states)
+            assert float(half_diff) < 1e-8 * 1.5 and float(common) < 1e-9 * 1.5
+        # a looser pair_tol stops no later, and the unpaired run of the same rows stops each row on its own
+        loose = run(list(range(7)), tol=1e-8, pair_tol=1e-5)
+        alone = run(list(range(7)), tol=1e-8)
+    assert bool((loose.example_steps <= steps).all()) and int(loose.example_steps.sum()) < int(steps.sum())
+    assert not torch.equal(alone.example_steps[:7], alone.example_steps[7:])
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])
+def test_a_phase_shrunk_to_some_examples_steps_as_one_built_for_them(kind):
+    """`ClosedFormPhase.select` indexes the prepared constants (keys, drive scores, padding mask, per-row β and
+    target) instead of recomputing them: its steps equal those of a phase built on the chosen examples."""
+    from seqep.phase import ClosedFormPhase
+
+    net = small_net(kind, mask_padding=True)
+    x, y = small_input(net, B=6)
+    x[:, -1] = 0.0  # a padding token, so the mask has something to mask
+    target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
+    beta = torch.linspace(-0.3, 0.3, 6, dtype=x.dtype)
+    rows = torch.tensor([4, 1, 3])
+    with torch.no_grad():
+        states = relax(net, x, net.init_states(6, dtype=x.dtype), 3).states
+        shrunk = ClosedFormPhase(net, x, beta, target).select(rows)
+        built = ClosedFormPhase(net, x[rows], beta[rows], target[rows])
+        a, b = [s[rows] for s in states], [s[rows] for s in states]
+        for _ in range(4):
+            a, b = shrunk(a), built(b)
+            for sa, sb in zip(a, b):
+                torch.testing.assert_close(sa, sb, rtol=0, atol=1e-13)
+
+
 def test_settled_examples_stop_costing(monkeypatch):
     """The phase is rebuilt for the examples still moving: the steps run over examples are about the examples'
     own step counts, not batch size x the slowest example's."""
@@ -62,7 +119,7 @@ def test_settled_examples_stop_costing(monkeypatch):
 def test_ep_with_tol_settles_the_nudged_phases_and_keeps_the_gradient():
     net = small_net("nli")
     x, y = small_input(net, B=8)
-    long = EP(T=400, K=200, betas=[0.0, 0.05])
+    long = EP(T=400, K=200, betas=[0.0, 0.05], tol=None)
     settle = EP(T=400, K=200, betas=[0.0, 0.05], tol=1e-9)
     long.compute_gradients(net, x, y)
     reference = [p.grad.clone() for p in net.parameters()]
@@ -77,14 +134,25 @@ def test_ep_with_tol_settles_the_nudged_phases_and_keeps_the_gradient():
 
 def test_a_bfloat16_free_phase_settles_to_what_bfloat16_can_show(monkeypatch):
     """bf16-mixed: a tol below bfloat16's resolution could never be met (every example would run to the cap); the
-    bfloat16 free phase settles to `LOW_RESOLUTION` instead, the float32 nudged phases to `tol`."""
+    bfloat16 free phase settles to `LOW_RESOLUTION` instead, the float32 nudged phases to `tol·β`."""
     import seqep.precision as precision
 
     monkeypatch.setattr(precision, "fast_bf16", lambda kind: True)  # bfloat16 runs anywhere, if slowly
     net = small_net("sentiment", dtype=torch.float32)
     x, y = small_input(net, B=16, dtype=torch.float32)
-    est = EP(T=300, K=300, betas=[0.0, 0.05], tol=1e-6)
+    est = EP(T=300, K=300, betas=[0.0, 0.05], tol=1e-4)
     est.precision = "bf16-mixed"
     out = est.compute_gradients(net, x, y)
     assert out.free.steps < 300 and bool((out.free.max_change < precision.LOW_RESOLUTION).all())
-    assert out.phases["plus"].steps < 300 and bool((out.phases["plus"].max_change < 1e-6).all())
+    assert est.nudge_tol == pytest.approx(5e-6)
+    plus = out.phases["plus"]  # the ±β pair: half-difference within tol·β, mean within tol
+    assert plus.steps < 300 and bool((plus.max_change < 1e-4 + 5e-6).all())
+
+
+def test_a_tol_below_what_the_dtype_can_show_is_raised_to_it():
+    """float32 states near 8 move by 4 eps when rounded: a tol of 1e-9 would keep every example to the cap."""
+    net = small_net("sentiment", dtype=torch.float32)
+    x, _ = small_input(net, B=6, dtype=torch.float32)
+    with torch.no_grad():
+        res = relax(net, x, net.init_states(6, dtype=x.dtype), 2000, tol=1e-9)
+    assert res.steps < 2000 and bool((res.max_change < 32 * torch.finfo(torch.float32).eps).all())

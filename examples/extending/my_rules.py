@@ -15,9 +15,9 @@ from seqep.estimators import EP
 class ScaledEP(EP):
     """EP with the projection synapses' gradients multiplied by `proj_scale` (a toy rule: slower attention)."""
 
-    def __init__(self, T: int = 20, K: int = 8, betas: Sequence[float] = (0.0, 0.1), variant: str = "symmetric",
-                 proj_scale: float = 0.5, generator: torch.Generator | None = None) -> None:
-        super().__init__(T=T, K=K, betas=betas, variant=variant, generator=generator)
+    def __init__(self, T: int = 100, K: int = 40, betas: Sequence[float] = (0.0, 0.02), variant: str = "symmetric",
+                 tol: float | None = 2e-3, proj_scale: float = 0.5, generator: torch.Generator | None = None) -> None:
+        super().__init__(T=T, K=K, betas=betas, variant=variant, tol=tol, generator=generator)
         if proj_scale < 0:
             raise ValueError(f"proj_scale={proj_scale} must be >= 0")
         self.proj_scale = proj_scale

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from seqep.network import Network, one_hot
-from seqep.precision import LOW_DTYPE, Bf16Copy, check_precision, effective_precision, low_precision_tol, tf32_matmuls
+from seqep.precision import LOW_DTYPE, Bf16Copy, check_precision, effective_precision, tf32_matmuls
 from seqep.relax import FIELD_MODES, RelaxResult, relax
 
 
@@ -101,10 +101,10 @@ class Estimator(ABC):
         low, xl = self._bf16.of(net), x.to(LOW_DTYPE)
         cast = lambda t: t.to(LOW_DTYPE) if isinstance(t, Tensor) and t.is_floating_point() else t
         res = relax(low, xl, low.init_states(x.shape[0], device=x.device, dtype=LOW_DTYPE), steps, cast(beta),
-                    cast(target), field_mode=self.field_mode, tol=low_precision_tol(self.tol), **kw)
+                    cast(target), field_mode=self.field_mode, tol=self.tol, **kw)
         back = lambda t: None if t is None else t.to(x.dtype)
         return RelaxResult([back(s) for s in res.states], res.steps, back(res.max_change), back(res.mean_change),
-                           [[back(s) for s in states] for states in res.trajectory], res.example_steps)
+                           [[back(s) for s in states] for states in res.trajectory], res.example_steps, res.settled)
 
     def low_precision_graph(self, x: Tensor) -> contextlib.AbstractContextManager:
         """The context for graph-building steps (BPTT): autocast to bfloat16 in bf16-mixed, TF32 matmuls in

@@ -61,7 +61,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, world: World | None = None) ->
         probe_batch = next(iterate_batches(data.val, data.vectors, t.probe_size, shuffle=False, device=device,
                                            dtype=dtype))
     diagnostics = Diagnostics(estimator, every=t.diagnostics_every, tol=t.diagnostics_tol,
-                              probe_every=t.probe_every, probe_batch=probe_batch)
+                              probe_every=t.probe_every, probe_batch=probe_batch, probe_f64=t.probe_f64)
     return Trainer(t, net, estimator, feed(dataset, data, device, dtype, world), optimizer=optimizer, schedule=schedule,
                    diagnostics=diagnostics, saving=Saving(run_dir, resolved_config(cfg), cfg.checkpoint.save_every),
                    generators=generators)

@@ -5,12 +5,15 @@ ways of running the same learning rule, on the run's own data (the default: rt_s
 
 The ways (`bench.tta_variants`, defined once in `VARIANTS` as config overrides on top of the run's config):
 
-    autograd      the original algorithm as the old code ran it: fields by autograd of Φ, fixed T and K,
-                  the ±β phases one after the other (`algorithm.field_mode=autograd`)
-    closed        the run's config as it is (closed-form fields, ±β as one batch)
-    mixed         `precision=bf16-mixed`: free phase and evaluation in bfloat16
-    settle        per-example settling: `algorithm.tol` with step caps (`seqep.relax.relax_per_example`)
+    autograd      the original algorithm as the old code ran it: fields by autograd of Φ, fixed T=20 and K=8
+                  (`FIXED`), the ±β phases one after the other (`algorithm.field_mode=autograd`)
+    closed        the same fixed steps with closed-form fields, ±β as one batch
+    mixed         closed + `precision=bf16-mixed`: free phase and evaluation in bfloat16
+    settle        per-example settling (`SETTLE`: EP's defaults for `tol` and the step caps T and K)
     settle+mixed  both
+
+Everything else (β, the model, the optimizer, the data) is the run's own, so every way runs the same learning
+rule.
 
 Timed: every training epoch and its validation pass, from the first batch to the epoch whose validation accuracy
 first reaches the target (data loading and building are not timed; diagnostics and probes are off). A run that does
@@ -20,6 +23,7 @@ not reach it within `bench.tta_max_epochs` epochs counts as not reached (its tim
 from __future__ import annotations
 
 import copy
+import inspect
 import statistics
 import tempfile
 import time
@@ -29,12 +33,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seqep.errors import SeqepError
+from seqep.estimators import EP
 
-SETTLE = {"algorithm.tol": 1e-3, "algorithm.T": 100, "algorithm.K": 40}  # caps well above the default T=20, K=8
+FIXED = {"algorithm.tol": None, "algorithm.T": 20, "algorithm.K": 8}  # the old code's way (SPEC §8's T and K)
+SETTLE = {f"algorithm.{k}": inspect.signature(EP).parameters[k].default for k in ("tol", "T", "K")}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "autograd": {"algorithm.field_mode": "autograd"},
-    "closed": {},
-    "mixed": {"precision": "bf16-mixed"},
+    "autograd": {**FIXED, "algorithm.field_mode": "autograd"},
+    "closed": FIXED,
+    "mixed": {**FIXED, "precision": "bf16-mixed"},
     "settle": SETTLE,
     "settle+mixed": {**SETTLE, "precision": "bf16-mixed"},
 }
