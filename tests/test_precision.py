@@ -21,8 +21,9 @@ from seqep.training.builders import build_estimator
 
 from conftest import compose_cfg, make_cfg, read_csv
 
-# The default model (model=sentiment fc [128, 2], EP symmetric T=20 K=8 β=0.1) on synthetic data of the default
-# data's shape (L=48, d=50): trained a few epochs in the mixed mode, as `python run.py precision=bf16-mixed` would.
+# The default model (model=sentiment fc [128, 2], EP with its default settling, β=0.02) on synthetic data of the
+# default data's shape (L=48, d=50): trained a few epochs in the mixed mode, as `python run.py precision=bf16-mixed`
+# would.
 DEFAULT_SHAPE = ["dataset=synth_sentiment", "dataset.seq_len=48", "dataset.embed_dim=50", "dataset.n_train=1024",
                  "dataset.n_val=64", "dataset.n_test=64", "dataset.batch_size=64", "logger=none", "device=cpu",
                  "trainer.progress=false", "trainer.probe_every=0", "trainer.diagnostics_every=0"]
@@ -173,6 +174,21 @@ def test_the_float64_probe_can_be_switched_off(tmp_path):
     row = read_csv(run / "metrics.csv")[0]
     assert -1.0 <= float(row["ep/probe/cos_min"]) <= 1.0
     assert not [k for k in row if k.startswith("ep/probe/f64/")]
+
+
+def test_the_default_rule_settles_and_tracks_bptt_on_the_trained_default_model(trained):
+    """Issue 13, point 3, on the trained default-shape model: EP with its defaults (per-example settling, β=0.02)
+    leaves no example at a step cap and stays within cosine 0.99 of BPTT on every tensor."""
+    from seqep.diagnostics import probe
+
+    net, x, y = trained
+    est = EP()
+    out = est.compute_gradients(net, x, y)
+    for res in (out.free, out.phases["plus"], out.phases["minus"]):
+        assert bool(res.settled.all()) and res.steps < 100
+    assert float(out.free.example_steps.float().mean()) < 40  # settled well before the cap
+    metrics = probe(net, est, x, y, f64=False)
+    assert metrics["ep/probe/cos_min"] >= 0.99, metrics
 
 
 def test_fp32_probe_against_float64_is_near_exact(tmp_path):
