@@ -169,7 +169,9 @@ def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor, f64: bool = 
         estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode)
         estimator.precision = precision
     metrics = agreement(_gradients(estimator, net, x, y), _gradients(reference, net, x, y), "ep/probe/")
-    return metrics | precision_fidelity(net, estimator, x, y) if f64 else metrics
+    if f64:
+        metrics |= precision_fidelity(net, estimator, x, y)
+    return metrics
 
 
 class EpochAverager:

@@ -3,6 +3,8 @@ allocation (SPEC.md §3). `seqep.relax.relax` uses it for EP's phases, under `to
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -37,15 +39,16 @@ class ClosedFormPhase:
         self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
         self.mask = None if mask is None else mask.reshape(B * P, 1, L)
         self.nudge = None if target is None or _is_zero(beta) else (_column(beta), target)
-        self._allocate(B, x.device, drive.dtype)
+        self._allocate(B)
 
-    def _allocate(self, B: int, device: torch.device, dtype: torch.dtype) -> None:
-        P, (L, d) = self.net.n_proj, self.blocks[1:]
-        self.feedback = self.keys.new_empty(B, P * L * d)
-        self.scores = self.keys.new_empty(B * P, L, L)
-        self.attention = self.keys.new_empty(B * P, L, L)
-        self.fields_t = [self.keys.new_empty(h, B) for h in self.net.fc]
-        self.buffers: list[States] = [self.net.init_states(B, device=device, dtype=dtype) for _ in range(2)]
+    def _allocate(self, B: int) -> None:
+        """The per-batch work buffers, in the keys' dtype and device."""
+        P, (L, d), keys = self.net.n_proj, self.blocks[1:], self.keys
+        self.feedback = keys.new_empty(B, P * L * d)
+        self.scores = keys.new_empty(B * P, L, L)
+        self.attention = keys.new_empty(B * P, L, L)
+        self.fields_t = [keys.new_empty(h, B) for h in self.net.fc]
+        self.buffers: list[States] = [self.net.init_states(B, device=keys.device, dtype=keys.dtype) for _ in range(2)]
         self.turn = 0
 
     def select(self, rows: Tensor) -> ClosedFormPhase:
@@ -53,17 +56,16 @@ class ClosedFormPhase:
         indexed, not recomputed (per-example settling shrinks a phase to the examples still moving)."""
         P, old_B = self.net.n_proj, self.feedback.shape[0]
         blocks = (rows[:, None] * P + torch.arange(P, device=rows.device)).flatten()  # (B·P) rows of the blocks
-        new = object.__new__(ClosedFormPhase)
-        new.net, new.blocks = self.net, (len(blocks), *self.blocks[1:])
+        new = copy.copy(self)
+        new.blocks = (len(blocks), *self.blocks[1:])
         new.keys, new.scaled_keys_t = self.keys[blocks], self.scaled_keys_t[blocks]
         new.drive_scores = self.drive_scores[blocks]
         new.mask = None if self.mask is None else self.mask[blocks]
-        new.nudge = None
         if self.nudge is not None:
             beta, target = self.nudge
             per_row = isinstance(beta, Tensor) and beta.ndim == 2 and beta.shape[0] == old_B
             new.nudge = (beta[rows] if per_row else beta, target[rows])
-        new._allocate(len(rows), self.keys.device, self.buffers[0][0].dtype)
+        new._allocate(len(rows))
         return new
 
     def __call__(self, states: States) -> States:

@@ -38,17 +38,21 @@ class RelaxResult:
                            pick(self.mean_change), [], pick(self.example_steps), pick(self.settled))
 
 
+def _differences(new: States, old: States) -> Tensor:
+    """`new − old` of every unit of every layer, one row per example: `(B, units)`."""
+    return torch.cat([(a - b).flatten(1) for a, b in zip(new, old)], 1)
+
+
 def state_change(new: States, old: States) -> tuple[Tensor, Tensor]:
     """Per-example largest and mean absolute change over every unit of every layer, each `(B,)`."""
-    diffs = [(a - b).abs().flatten(1) for a, b in zip(new, old)]
-    largest = torch.stack([d.amax(1) for d in diffs], 1).amax(1)
-    return largest, torch.cat(diffs, 1).mean(1)
+    change = _differences(new, old).abs()
+    return change.amax(1), change.mean(1)
 
 
 def pair_change(new: States, old: States) -> tuple[Tensor, Tensor]:
     """For a batch of two halves (row i pairs with row i + B/2): per pair, the largest absolute change of the
     half-difference `(a − b)/2` and of the mean `(a + b)/2` over every unit, each `(B/2,)`."""
-    return _pair_largest(torch.cat([(a - b).flatten(1) for a, b in zip(new, old)], 1))
+    return _pair_largest(_differences(new, old))
 
 
 def _pair_largest(diffs: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,26 +157,28 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
 
     step, cur = build(None), list(states)  # phases never write their start states
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
-    used = 0
+    n_moving, used = B, 0
     for t in range(steps):
         new = step(cur)
-        diffs = torch.cat([(n - c).flatten(1) for n, c in zip(new, cur)], 1)  # (rows, every unit)
-        big = diffs.abs().amax(1)
+        diffs = _differences(new, cur)
+        change = diffs.abs()
+        big = change.amax(1)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
             half_diff, common = _pair_largest(diffs)
             both = (half_diff < tol) & (common < pair_tol)
             settled = moving & torch.cat([both, both])
         else:
             settled = moving & (big < tol)
-        done = moving if t + 1 == steps else settled  # written back once: when settled, or at the cap
-        if bool(done.any()):
+        moving &= ~settled
+        still = int(moving.sum())  # the one host sync of a step
+        used, last = t + 1, t + 1 == steps
+        if still < n_moving or last:  # written back once: when settled, or at the cap
+            done = settled | moving if last else settled
             idx = rows[done]
             for o, n in zip(out, new):
                 o[idx] = n[done]
-            largest[idx], mean[idx], ran[idx], met[idx] = big[done], diffs[done].abs().mean(1), t + 1, settled[done]
-        moving &= ~settled
-        used = t + 1
-        n_moving = int(moving.sum())  # the one host sync of a step
+            largest[idx], mean[idx], ran[idx], met[idx] = big[done], change[done].mean(1), t + 1, settled[done]
+        n_moving = still
         if n_moving == 0:
             break
         if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:

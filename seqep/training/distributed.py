@@ -314,33 +314,31 @@ def launch(fn: Callable[..., Any], args: tuple, devices: int, device: str, run_d
     failed: tuple[int, tuple] | None = None
     try:
         pending = {p.sentinel: r for r, p in enumerate(procs)} | {c: r for r, c in enumerate(conns)}
+
+        def receive(rank: int) -> None:  # a worker's one message, read once (none if its pipe broke)
+            pending.pop(conns[rank], None)
+            with contextlib.suppress(EOFError, OSError):
+                results[rank] = conns[rank].recv()
+
         while pending and failed is None:
             for ready in wait(list(pending)):
                 if ready not in pending:  # a message already read with its process's exit
                     continue
                 rank = pending.pop(ready)
                 if ready in conns:
-                    try:
-                        results[rank] = ready.recv()
-                    except (EOFError, OSError):
-                        continue
-                    if results[rank][0] == "error" and failed is None:
-                        failed = (rank, results[rank])
+                    receive(rank)
                 else:
                     procs[rank].join()
+                    if conns[rank] in pending and conns[rank].poll():  # its message came with its exit
+                        receive(rank)
                     code = procs[rank].exitcode
-                    conn = conns[rank]
-                    if conn in pending and conn.poll():  # its message came with its exit: read it first
-                        pending.pop(conn)
-                        with contextlib.suppress(EOFError, OSError):
-                            results[rank] = conn.recv()
-                            if results[rank][0] == "error" and failed is None:
-                                failed = (rank, results[rank])
                     # a worker that already sent its result has done its part, whatever its teardown did
                     if code != 0 and failed is None and rank not in results:
                         what = (f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with "
                                 f"status {code}")
                         failed = (rank, ("error", "ProcessDied", f"its process {what}", None))
+                if failed is None and results.get(rank, ("",))[0] == "error":
+                    failed = (rank, results[rank])
         if failed is not None:
             _stop_all(procs)
             for rank in sorted(results):  # a stop asked for by a signal: every rank stopped at the same batch
