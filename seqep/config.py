@@ -130,8 +130,9 @@ class SeqepConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64
-    # fp32 | bf16-mixed | tf32 (seqep.precision.PRECISIONS): bf16-mixed runs the free phase and evaluation in
-    # bfloat16 and keeps the nudged phases, EP's gradient and the optimizer in float32; tf32 is CUDA only
+    # seqep.precision.PRECISIONS: fp32 | bf16-mixed (free phase and evaluation in bfloat16; nudged phases, EP's
+    # gradient and the optimizer float32) | bf16-delta (also the nudged phases' first-weight products on the
+    # deviation from the free state) | tf32 (CUDA only)
     precision: str = "fp32"
     # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case);
     # test_<loaded run>, gdu_<...> for the other tasks (`run_name`)

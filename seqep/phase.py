@@ -25,10 +25,18 @@ class ClosedFormPhase:
     small dense activations allocate. Dense fields are formed transposed, `(h, B)` = `W vec(s)ᵀ`: with the
     batches EP runs on a CPU this streams the large first weight faster than `vec(s) Wᵀ` (MKL: 1.4× at the
     IMDB shape with B=8, 1.3× at the SNLI shape with B=32; docs/benchmarks.md).
+
+    `around = (states, low_weight)` (`precision=bf16-delta`'s nudged phases): the two products with the first
+    dense weight `W` — the largest, `W vec(s_P)ᵀ` and the feedback `s_1 W` — are taken as their float32 value at
+    `states` (once per phase) plus `low_weight` (a low-precision copy of `W`) times the deviation from `states`,
+    rounded to its dtype. A nudged phase moves its states little from the free state it starts at, so the
+    rounding falls on that small deviation, not on the states: the states, every other product, and the fields'
+    sums stay float32.
     """
 
     def __init__(self, net: HopfieldEPNet, x: Tensor, beta: float | Tensor = 0.0, target: Tensor | None = None,
-                 drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None) -> None:
+                 drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None,
+                 around: tuple[States, Tensor] | None = None) -> None:
         self.net = net
         keys, mask = net.keys(x) if keys is None else keys
         B, P, L, d = keys.shape
@@ -39,6 +47,13 @@ class ClosedFormPhase:
         self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
         self.mask = None if mask is None else mask.reshape(B * P, 1, L)
         self.nudge = None if target is None or _is_zero(beta) else (_column(beta), target)
+        self.low_weight = None
+        if around is not None:
+            (ref_proj, ref_h, *_), self.low_weight = around
+            first = net.dense[0]
+            self.ref_proj, self.ref_h = ref_proj.flatten(1), ref_h  # the caller's start states: never written
+            self.base_feedback = ref_h @ first.weight  # (B, P·L·d)
+            self.base_field = torch.addmm(first.bias.unsqueeze(1), first.weight, self.ref_proj.T)  # (h, B)
         self._allocate(B)
 
     def _allocate(self, B: int) -> None:
@@ -48,6 +63,9 @@ class ClosedFormPhase:
         self.scores = keys.new_empty(B * P, L, L)
         self.attention = keys.new_empty(B * P, L, L)
         self.fields_t = [keys.new_empty(h, B) for h in self.net.fc]
+        if self.low_weight is not None:  # the deviations from `around`, in the low weight's dtype
+            self.dev_proj = self.low_weight.new_empty(B, P * L * d)
+            self.dev_h = self.low_weight.new_empty(B, self.net.fc[0])
         self.buffers: list[States] = [self.net.init_states(B, device=keys.device, dtype=keys.dtype) for _ in range(2)]
         self.turn = 0
 
@@ -65,6 +83,9 @@ class ClosedFormPhase:
             beta, target = self.nudge
             per_row = isinstance(beta, Tensor) and beta.ndim == 2 and beta.shape[0] == old_B
             new.nudge = (beta[rows] if per_row else beta, target[rows])
+        if self.low_weight is not None:
+            new.ref_proj, new.ref_h, new.base_feedback = self.ref_proj[rows], self.ref_h[rows], self.base_feedback[rows]
+            new.base_field = self.base_field[:, rows]
         new._allocate(len(rows))
         return new
 
@@ -74,7 +95,11 @@ class ClosedFormPhase:
         new, self.turn = self.buffers[self.turn], 1 - self.turn
         syns = net.dense
         # projections: g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
-        torch.mm(dense[0], syns[0].weight, out=self.feedback)
+        if self.low_weight is None:
+            torch.mm(dense[0], syns[0].weight, out=self.feedback)
+        else:
+            torch.sub(dense[0], self.ref_h, out=self.dev_h)
+            torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=self.feedback)
         torch.baddbmm(self.drive_scores, self.feedback.view(self.blocks), self.scaled_keys_t, out=self.scores)
         if self.mask is not None:
             self.scores.masked_fill_(self.mask, torch.finfo(self.scores.dtype).min)
@@ -83,7 +108,11 @@ class ClosedFormPhase:
         # dense layers: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
         inputs = [proj.flatten(1), *dense[:-1]]
         for k, (syn, prev, g) in enumerate(zip(syns, inputs, self.fields_t)):
-            torch.addmm(syn.bias.unsqueeze(1), syn.weight, prev.T, out=g)
+            if k == 0 and self.low_weight is not None:
+                torch.sub(prev, self.ref_proj, out=self.dev_proj)
+                torch.add(self.base_field, self.low_weight @ self.dev_proj.T, out=g)
+            else:
+                torch.addmm(syn.bias.unsqueeze(1), syn.weight, prev.T, out=g)
             if k + 1 < len(syns):
                 g.addmm_(syns[k + 1].weight.T, dense[k + 1].T)
         if self.nudge is not None:

@@ -9,6 +9,12 @@ The top-level key `precision` (checked by `seqep.config.validate`, given to the 
                 back to float32, and the nudged phases, the EP gradient (from state differences) and the optimizer
                 stay float32 on the float32 master weights. BPTT: its graph-free head likewise, its graph steps
                 under `torch.autocast(bfloat16)`.
+    bf16-delta  bf16-mixed, and the nudged phases' two products with the first dense weight (the largest: at the
+                SNLI shape 90 % of a step's FLOPs) in bfloat16 on the deviation from the free state: the product
+                at the free state is taken once in float32, each step adds a bfloat16 copy of that weight times
+                the (small) deviation of the states from it (`seqep.phase.ClosedFormPhase`, `around`). States,
+                the other products, the EP gradient and the optimizer stay float32. Closed-form path only; the
+                `autograd` path and BPTT run as in bf16-mixed.
     tf32        the same split, the free phase's float32 matmuls on TF32 tensor cores (CUDA only)
 
 Why this split: EP's gradient is a difference of two nearby states divided by β, which bfloat16's 8 bits of
@@ -36,7 +42,8 @@ from torch import nn
 
 from seqep.utils import say
 
-PRECISIONS = ("fp32", "bf16-mixed", "tf32")  # the top-level key `precision`; fp32 is the default
+PRECISIONS = ("fp32", "bf16-mixed", "bf16-delta", "tf32")  # the top-level key `precision`; fp32 is the default
+BF16_FREE = ("bf16-mixed", "bf16-delta")  # the precisions whose free phase and evaluation run in bfloat16
 LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
 # bfloat16's machine epsilon: its states cannot show smaller changes (one step of a state near 1 is 2^-8, of one
 # in [1, 2) 2^-7), so a per-example `tol` below it would never be met; the bf16 free phase settles to this instead
@@ -81,9 +88,9 @@ def fast_bf16(device_type: str) -> bool:
 
 
 def supported(precision: str, device: torch.device | str) -> bool:
-    """Whether `precision` runs as such on `device` (fp32 always; bf16-mixed with fast bfloat16; tf32 on CUDA)."""
+    """Whether `precision` runs as such on `device` (fp32 always; bf16-* with fast bfloat16; tf32 on CUDA)."""
     kind = torch.device(device).type
-    return precision == "fp32" or (precision == "bf16-mixed" and fast_bf16(kind)) or \
+    return precision == "fp32" or (precision in BF16_FREE and fast_bf16(kind)) or \
         (precision == "tf32" and kind == "cuda")
 
 
@@ -95,7 +102,7 @@ def effective_precision(precision: str, device: torch.device | str, dtype: torch
     kind = torch.device(device).type
     if supported(precision, kind):
         return precision
-    why = ("this hardware has no fast bfloat16 (CPU: AVX512-BF16 or AMX)" if precision == "bf16-mixed"
+    why = ("this hardware has no fast bfloat16 (CPU: AVX512-BF16 or AMX)" if precision in BF16_FREE
            else f"TF32 exists only on CUDA devices, not {kind}")
     if (precision, kind) not in _WARNED:
         _WARNED.add((precision, kind))

@@ -74,24 +74,27 @@ def relax(
     drive: Tensor | None = None,
     keys: tuple[Tensor, Tensor | None] | None = None,
     pair_tol: float | None = None,
+    delta_weight: Tensor | None = None,
 ) -> RelaxResult:
     """Run up to `steps` synchronous steps. With `tol` (never below what `x`'s dtype can show,
     `seqep.precision.settle_tol`), each example stops once its largest state change is below `tol` (its states
     stay as they were then) and stops costing: the batch is compacted to the examples still moving
     (`relax_per_example`, where `pair_tol` makes rows i and i + B/2 one pair); under autograd (BPTT's graph) or
-    `record`, the whole batch stops together."""
+    `record`, the whole batch stops together. `delta_weight`: a low-precision copy of the first dense weight,
+    whose products the closed-form engine then takes on the deviation from the start `states`
+    (`ClosedFormPhase`'s `around`; `precision=bf16-delta`); other steppers ignore it."""
     if field_mode not in FIELD_MODES:
         raise ValueError(f"field_mode must be one of {FIELD_MODES}, got {field_mode!r}")
     tol, pair_tol = settle_tol(tol, x.dtype), settle_tol(pair_tol, x.dtype)
     if tol is not None and not record and not torch.is_grad_enabled():
         return relax_per_example(net, x, states, steps, beta, target, field_mode=field_mode, tol=tol, drive=drive,
-                                 keys=keys, pair_tol=pair_tol)
+                                 keys=keys, pair_tol=pair_tol, delta_weight=delta_weight)
     keys = net.keys(x) if keys is None else keys
     if field_mode != "autograd" and torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can
         drive = net.input_drive(x) if drive is None else drive  # go back through them
         step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
     else:
-        step = _stepper(net, x, beta, target, field_mode, drive, keys)
+        step = _stepper(net, x, beta, target, field_mode, drive, keys, _around(states, delta_weight))
     reused = isinstance(step, ClosedFormPhase)
     trajectory, largest, mean = [], None, None
     for t in range(steps):
@@ -110,14 +113,18 @@ def relax(
 COMPACT_AT = 0.75  # rebuild the phase for the moving examples once at most this share of its batch still moves
 
 
-def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys):
+def _around(states: States, delta_weight: Tensor | None) -> tuple[States, Tensor] | None:
+    return None if delta_weight is None else (states, delta_weight)
+
+
+def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys, around=None):
     """One phase's step function for a batch without a graph: the old code's autograd of Φ (input drive included,
     rebuilt every step), the closed-form engine with two reused state buffers for a HopfieldEPNet
-    (seqep/phase.py), or any other Network's functional step."""
+    (seqep/phase.py; `around` as there), or any other Network's functional step."""
     if field_mode == "autograd":
         return partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
     if isinstance(net, HopfieldEPNet):
-        return ClosedFormPhase(net, x, beta, target, drive, keys)
+        return ClosedFormPhase(net, x, beta, target, drive, keys, around)
     return partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
 
 
@@ -125,7 +132,7 @@ def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys
 def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta: float | Tensor = 0.0,
                       target: Tensor | None = None, *, field_mode: str = "closed", tol: float,
                       drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None,
-                      pair_tol: float | None = None) -> RelaxResult:
+                      pair_tol: float | None = None, delta_weight: Tensor | None = None) -> RelaxResult:
     """Up to `steps` steps; an example whose largest change falls below `tol` keeps the states it had then.
 
     Examples of a batch do not interact, so each one's states are those of a run of its own. The phase runs on
@@ -153,7 +160,9 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     def build(idx):  # the phase of some examples (None: all, as given)
         pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
         b = pick(beta_rows) if beta_rows is not None else beta
-        return _stepper(net, pick(x), b, pick(target), field_mode, pick(drive), (pick(keys[0]), pick(keys[1])))
+        around = _around([pick(s) for s in states], delta_weight)
+        return _stepper(net, pick(x), b, pick(target), field_mode, pick(drive), (pick(keys[0]), pick(keys[1])),
+                        around)
 
     step, cur = build(None), list(states)  # phases never write their start states
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`

@@ -70,22 +70,24 @@ def test_run_bench_writes_json_with_positive_numbers(tmp_path):
 
 
 def test_bench_times_the_other_precisions_at_precision_shapes(tmp_path, monkeypatch):
-    """bench.precision_shapes=[tiny]: closed free phase and EP step also in bf16-mixed (made available here
-    whatever the CPU), with their ratio over fp32 in bench.json and the summary; rows carry their precision."""
+    """bench.precision_shapes=[tiny]: closed free phase and EP step also in both bfloat16 modes (made available
+    here whatever the CPU), with their ratio over fp32 in bench.json and the summary; rows carry their precision."""
     import seqep.precision
 
     monkeypatch.setattr(seqep.precision, "fast_bf16", lambda device_type: True)
     summary = run_bench(bench_cfg("bench.precision_shapes=[tiny]", "bench.memory_T=[]", "bench.tol=null"), tmp_path)
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["phase"], r["algorithm"], r["path"], r["precision"]) for r in report["rows"]}
-    assert {("free", "ep|bptt", "closed", "bf16-mixed"), ("train", "ep", "closed", "bf16-mixed"),
-            ("free", "ep|bptt", "closed", "fp32"), ("train", "bptt", "autograd", "fp32")} <= rows
-    assert ("train", "bptt", "closed", "bf16-mixed") not in rows and len(rows) == 8
-    ratios = {(s["phase"], s["algorithm"]): s for s in report["precision_speedups"]}
-    assert set(ratios) == {("free", "ep|bptt"), ("train", "ep")}
-    assert all(s["precision"] == "bf16-mixed" and s["over_fp32"] > 0 and s["over_autograd_fp32"] > 0
-               for s in ratios.values())
-    assert summary["precision_speedup/bf16-mixed/tiny/train/ep"] == ratios[("train", "ep")]["over_fp32"]
+    low = seqep.precision.BF16_FREE
+    assert {("free", "ep|bptt", "closed", "fp32"), ("train", "bptt", "autograd", "fp32")} <= rows
+    assert {(phase, alg, "closed", mode) for mode in low for phase, alg in (("free", "ep|bptt"), ("train", "ep"))} \
+        <= rows
+    assert not any(("train", "bptt", "closed", mode) in rows for mode in low) and len(rows) == 10
+    ratios = {(s["precision"], s["phase"], s["algorithm"]): s for s in report["precision_speedups"]}
+    assert set(ratios) == {(mode, *key) for mode in low for key in (("free", "ep|bptt"), ("train", "ep"))}
+    assert all(s["over_fp32"] > 0 and s["over_autograd_fp32"] > 0 for s in ratios.values())
+    for mode in low:
+        assert summary[f"precision_speedup/{mode}/tiny/train/ep"] == ratios[(mode, "train", "ep")]["over_fp32"]
     assert {s["path"] for s in report["speedups"]} == {"closed"}  # closed over autograd at the run's precision
 
 
@@ -103,7 +105,8 @@ def test_bench_builds_the_runs_optimizer_with_one_small_learning_rate():
 def test_run_bench_rejects_unknown_shape_and_precision(tmp_path):
     with pytest.raises(SeqepError, match="bench.shapes"):
         run_bench(bench_cfg("bench.shapes=[mnist]"), tmp_path)
-    with pytest.raises(SeqepError, match=r"^precision='fp8' is not allowed; choose one of: fp32, bf16-mixed, tf32$"):
+    with pytest.raises(SeqepError, match=r"^precision='fp8' is not allowed; choose one of: "
+                                         r"fp32, bf16-mixed, bf16-delta, tf32$"):
         run_bench(bench_cfg("precision=fp8"), tmp_path)
     with pytest.raises(SeqepError, match="bench.precision_shapes: unknown"):
         run_bench(bench_cfg("bench.precision_shapes=[mnist]"), tmp_path)

@@ -1,5 +1,5 @@
-"""precision=fp32|bf16-mixed|tf32 (seqep/precision.py): the key's checks, the way it reaches the estimator, and
-what the mixed mode keeps: predictions, EP's gradient against float64, BPTT's gradient under autocast."""
+"""precision=fp32|bf16-mixed|bf16-delta|tf32 (seqep/precision.py): the key's checks, the way it reaches the
+estimator, and what the mixed modes keep: predictions, EP's gradient against float64, BPTT's gradient under autocast."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from seqep.config import validate
 from seqep.diagnostics import precision_fidelity
 from seqep.errors import SeqepError
 from seqep.estimators import BPTT, EP, Estimator, grads_by_name
+from seqep.relax import relax
 from seqep.tasks import dispatch
 from seqep.tasks.train import build_trainer
 from seqep.training import checkpoint as ckpt
@@ -58,7 +59,7 @@ def cosines(a: dict, b: dict) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ the key
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["precision=fp16"], "precision='fp16' is not allowed; choose one of: fp32, bf16-mixed, tf32"),
+    (["precision=fp16"], "precision='fp16' is not allowed; choose one of: fp32, bf16-mixed, bf16-delta, tf32"),
     (["precision=bf16-mixed", "dtype=float64"], "precision=bf16-mixed needs dtype=float32 (got dtype=float64)"),
     (["precision=tf32", "device=cpu"], "precision=tf32 needs a CUDA device (device=cpu runs on cpu)"),
 ])
@@ -74,7 +75,8 @@ def test_precision_reaches_the_estimator_from_the_config(tmp_path):
     assert trainer.estimator.precision == "bf16-mixed"
     assert build_estimator({"_target_": "seqep.estimators.BPTT"}, precision="bf16-mixed").precision == "bf16-mixed"
     assert EP().precision == "fp32"
-    with pytest.raises(ValueError, match="^precision='bf16' is not allowed; choose one of: fp32, bf16-mixed, tf32$"):
+    with pytest.raises(ValueError, match="^precision='bf16' is not allowed; choose one of: "
+                                         "fp32, bf16-mixed, bf16-delta, tf32$"):
         EP().precision = "bf16"
 
 
@@ -91,6 +93,24 @@ def test_a_rule_of_ones_own_gets_the_precision_and_a_foreign_one_is_refused():
     with pytest.raises(SeqepError, match="precision=bf16-mixed: .*has no `precision` attribute; subclass "
                                          "seqep.estimators.Estimator"):
         build_estimator({"_target_": "argparse.Namespace"}, precision="bf16-mixed")
+
+
+def test_bf16_delta_gives_the_nudged_phases_a_bfloat16_first_weight_on_the_closed_path_only(monkeypatch):
+    from seqep.network import HopfieldEPNet
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device_type: True)
+    net = HopfieldEPNet("sentiment", 6, 5, [7, 2])
+    x = torch.randn(4, 6, 5)
+    seen = []
+    monkeypatch.setattr("seqep.estimators.ep.relax", lambda *a, **kw: seen.append(kw["delta_weight"]) or
+                        relax(*a, **kw))
+    for mode, field_mode in (("bf16-delta", "closed"), ("bf16-mixed", "closed"), ("bf16-delta", "autograd")):
+        est = EP(10, 3, field_mode=field_mode)
+        est.precision = mode
+        est.compute_gradients(net, x, torch.tensor([0, 1, 1, 0]))
+    low, *others = seen
+    assert low.dtype == torch.bfloat16 and torch.equal(low, net.dense[0].weight.detach().to(torch.bfloat16))
+    assert others == [None] * 3  # bf16-mixed's one stacked ±β phase, the autograd path's + and − phases
 
 
 def test_without_fast_bf16_one_warning_and_fp32(monkeypatch, capsys, caplog):
@@ -126,15 +146,16 @@ def test_mixed_predictions_agree_with_fp32(trained):
 @pytest.mark.slow
 def test_mixed_ep_gradient_keeps_cosine_to_float64_on_every_tensor(trained):
     """Issue 13: bf16 free phase + fp32 nudged phases and gradient >= 0.999 on every tensor of the trained default
-    model; all-bf16 EP is far worse, so the check can tell."""
+    model, in both bfloat16 modes; all-bf16 EP is far worse, so the check can tell."""
     net, x, y = trained
-    mixed = EP()
-    mixed.precision = "bf16-mixed"
-    m = precision_fidelity(net, mixed, x, y)
     names = [n for n, _ in net.named_parameters()]
-    assert {f"ep/probe/f64/cos/{n}" for n in names} <= set(m) and "ep/probe/f64/rel_err_max" in m
-    assert all(m[f"ep/probe/f64/cos/{n}"] >= 0.999 for n in names), m
-    assert m["ep/probe/f64/cos_min"] >= 0.999 and m["ep/probe/f64/rel_err_max"] < 0.05
+    for mode in precision.BF16_FREE:  # bf16-delta: also the nudged phases' first-weight products on the deviation
+        mixed = EP()
+        mixed.precision = mode
+        m = precision_fidelity(net, mixed, x, y)
+        assert {f"ep/probe/f64/cos/{n}" for n in names} <= set(m) and "ep/probe/f64/rel_err_max" in m
+        assert all(m[f"ep/probe/f64/cos/{n}"] >= 0.999 for n in names), (mode, m)
+        assert m["ep/probe/f64/cos_min"] >= 0.999 and m["ep/probe/f64/rel_err_max"] < 0.05, (mode, m)
     all_bf16 = precision_fidelity(net.to(torch.bfloat16), EP(), x.to(torch.bfloat16), y)
     net.float()
     assert all_bf16["ep/probe/f64/cos_min"] < m["ep/probe/f64/cos_min"] - 0.01, all_bf16

@@ -76,9 +76,11 @@ def test_paired_phases_stop_together_once_their_difference_settled():
 
 
 @pytest.mark.parametrize("kind", ["sentiment", "nli"])
-def test_a_phase_shrunk_to_some_examples_steps_as_one_built_for_them(kind):
+@pytest.mark.parametrize("around", [False, True], ids=["plain", "around"])
+def test_a_phase_shrunk_to_some_examples_steps_as_one_built_for_them(kind, around):
     """`ClosedFormPhase.select` indexes the prepared constants (keys, drive scores, padding mask, per-row β and
-    target) instead of recomputing them: its steps equal those of a phase built on the chosen examples."""
+    target; with `around`, the reference states and the products at them) instead of recomputing them: its steps
+    equal those of a phase built on the chosen examples."""
     from seqep.phase import ClosedFormPhase
 
     net = small_net(kind, mask_padding=True)
@@ -89,13 +91,41 @@ def test_a_phase_shrunk_to_some_examples_steps_as_one_built_for_them(kind):
     rows = torch.tensor([4, 1, 3])
     with torch.no_grad():
         states = relax(net, x, net.init_states(6, dtype=x.dtype), 3).states
-        shrunk = ClosedFormPhase(net, x, beta, target).select(rows)
-        built = ClosedFormPhase(net, x[rows], beta[rows], target[rows])
+        low = net.dense[0].weight.to(torch.bfloat16)
+        at = (lambda picked: (picked, low)) if around else (lambda picked: None)
+        shrunk = ClosedFormPhase(net, x, beta, target, around=at(states)).select(rows)
+        built = ClosedFormPhase(net, x[rows], beta[rows], target[rows], around=at([s[rows] for s in states]))
         a, b = [s[rows] for s in states], [s[rows] for s in states]
         for _ in range(4):
             a, b = shrunk(a), built(b)
             for sa, sb in zip(a, b):
                 torch.testing.assert_close(sa, sb, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])
+def test_products_around_reference_states_split_exactly_and_round_only_the_deviation(kind):
+    """`around = (states, weight)` (precision=bf16-delta): with the weight itself the split `W s = W s_ref +
+    W (s − s_ref)` steps as the plain phase does up to rounding; with a bfloat16 copy the states stay within
+    bfloat16's rounding of the deviation (small, 20 steps from the free state), not of the states."""
+    from seqep.phase import ClosedFormPhase
+
+    net = small_net(kind)
+    x, y = small_input(net, B=6)
+    target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
+    weight = net.dense[0].weight.detach()
+    with torch.no_grad():
+        free = relax(net, x, net.init_states(6, dtype=x.dtype), 60).states
+        plain = ClosedFormPhase(net, x, 0.2, target)
+        exact = ClosedFormPhase(net, x, 0.2, target, around=(free, weight.clone()))
+        low = ClosedFormPhase(net, x, 0.2, target, around=(free, weight.to(torch.bfloat16)))
+        a = b = c = free
+        for _ in range(20):
+            a, b, c = plain(a), exact(b), low(c)
+        moved = max(float((s - f).abs().max()) for s, f in zip(a, free))
+        assert moved > 1e-3  # the nudge moved the states
+        assert max(float((s - t).abs().max()) for s, t in zip(a, b)) < 1e-12
+        err = max(float((s - t).abs().max()) for s, t in zip(a, c))
+        assert 0 < err < 2.0**-8 * moved, (err, moved)  # rounding the states themselves: ~2^-8 of |s| ~ 1
 
 
 def test_settled_examples_stop_costing(monkeypatch):

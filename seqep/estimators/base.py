@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from seqep.network import Network, one_hot
-from seqep.precision import LOW_DTYPE, Bf16Copy, check_precision, effective_precision, tf32_matmuls
+from seqep.precision import BF16_FREE, LOW_DTYPE, Bf16Copy, check_precision, effective_precision, tf32_matmuls
 from seqep.relax import FIELD_MODES, RelaxResult, relax
 
 
@@ -54,7 +54,7 @@ class Estimator(ABC):
 
     @property
     def precision(self) -> str:
-        """fp32 | bf16-mixed | tf32 (`seqep.precision`): what the free phase and evaluation run in."""
+        """fp32 | bf16-mixed | bf16-delta | tf32 (`seqep.precision`): what the free phase and evaluation run in."""
         return self._precision
 
     @precision.setter
@@ -84,11 +84,11 @@ class Estimator(ABC):
 
     def free_phase(self, net: Network, x: Tensor, steps: int | None = None, beta: float = 0.0,
                    **kw) -> RelaxResult:
-        """`steps` (default T) steps from zero states; in bf16-mixed on a bfloat16 copy of `net` (a `drive` and
-        `keys` passed in are then recomputed from it), the result cast back to `x`'s dtype."""
+        """`steps` (default T) steps from zero states; in bf16-mixed (and bf16-delta) on a bfloat16 copy of `net`
+        (a `drive` and `keys` passed in are then recomputed from it), the result cast back to `x`'s dtype."""
         steps = self.T if steps is None else steps
         mode = self.precision_for(x)
-        if mode == "bf16-mixed":
+        if mode in BF16_FREE:
             return self._bf16_free_phase(net, x, steps, beta, **kw)
         states = net.init_states(x.shape[0], device=x.device, dtype=x.dtype)
         with tf32_matmuls(mode == "tf32"):
@@ -107,10 +107,10 @@ class Estimator(ABC):
                            [[back(s) for s in states] for states in res.trajectory], res.example_steps, res.settled)
 
     def low_precision_graph(self, x: Tensor) -> contextlib.AbstractContextManager:
-        """The context for graph-building steps (BPTT): autocast to bfloat16 in bf16-mixed, TF32 matmuls in
-        tf32, nothing in fp32."""
+        """The context for graph-building steps (BPTT): autocast to bfloat16 in bf16-mixed (and bf16-delta),
+        TF32 matmuls in tf32, nothing in fp32."""
         mode = self.precision_for(x)
-        if mode == "bf16-mixed":
+        if mode in BF16_FREE:
             return torch.autocast(x.device.type, dtype=LOW_DTYPE)
         return tf32_matmuls(mode == "tf32")
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from seqep.estimators.base import Estimator, StepOutput, mse_loss, set_grads
 from seqep.network import Network
+from seqep.precision import LOW_DTYPE
 from seqep.relax import RelaxResult, relax
 
 VARIANTS = ("symmetric", "positive", "negative", "random_sign")
@@ -70,7 +71,15 @@ class EP(Estimator):
         same examples, and each pair stops together once their half-difference settled to `nudge_tol` and their
         mean to `tol` (`seqep.relax.relax_per_example`)."""
         return relax(net, x, start, self.K, beta, target, field_mode=self.field_mode, tol=self.nudge_tol,
-                     drive=drive, keys=keys, pair_tol=self.tol if paired else None)
+                     drive=drive, keys=keys, pair_tol=self.tol if paired else None,
+                     delta_weight=self.delta_weight(net, x))
+
+    def delta_weight(self, net: Network, x: Tensor) -> Tensor | None:
+        """In `precision=bf16-delta` on the closed path: a bfloat16 copy of the first dense weight, whose products
+        the nudged phases take on the deviation from the free state (`seqep.precision`); else None."""
+        if self.field_mode != "closed" or self.precision_for(x) != "bf16-delta" or not hasattr(net, "dense"):
+            return None
+        return net.dense[0].weight.detach().to(LOW_DTYPE)
 
     def compute_gradients(self, net: Network, x: Tensor, y: Tensor) -> StepOutput:
         target = self.target(net, y, x)

@@ -98,7 +98,7 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     bench.tol (null: no early-stop measurement), bench.old_code_batches, bench.precision_shapes, bench.compile,
     bench.ceiling_size (null: 2048 on CPU, 8192 on GPU), bench.workers and bench.parallel_shape (data-parallel
     rows, `parallel.py`), bench.tta_target, tta_variants, tta_seeds, tta_max_epochs (time to accuracy, `tta.py`);
-    the training step uses `optimizer`, every row `precision` (fp32 | bf16-mixed | tf32).
+    the training step uses `optimizer`, every row `precision` (fp32 | bf16-mixed | bf16-delta | tf32).
     """
     # imported here, not above: `python -m seqep.tasks.bench.probe` imports this package first, and would warn
     # if the package had already imported the module it is about to run

@@ -6,7 +6,7 @@ Config read: the learning rule's T, K and nudge β (any estimator with `T`, `K` 
 the rule's β), `gdu.betas` (the β sweep), `gdu.n_examples`, `gdu.n_elements`, `gdu.dtype`, `checkpoint.load`,
 `seed`, `device`, `dataset`, `model`, `logger`.
 
-Also the learning rule at the run's `precision` (fp32 | bf16-mixed | tf32) on a float32 copy of the model and
+Also the learning rule at the run's `precision` (`seqep.precision.PRECISIONS`) on a float32 copy of the model and
 batch: its gradient against float32 BPTT and against itself in float64 (`gdu/probe/...`, `precision_check`).
 
 Run directory:
