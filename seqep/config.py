@@ -119,7 +119,7 @@ class BenchConfig:
     parallel_shape: str = "snli"  # the shape of the data-parallel rows ([] workers = none)
     # time to accuracy (seqep/tasks/bench/tta.py), on the run's own dataset: null = not measured
     tta_target: Optional[float] = None  # the validation accuracy to reach, e.g. 0.72 on the default data
-    tta_variants: list[str] = field(default_factory=lambda: ["autograd", "closed", "mixed", "settle", "settle+mixed"])
+    tta_variants: Optional[list[str]] = None  # null = every way of seqep/tasks/bench/tta.py's VARIANTS
     tta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tta_max_epochs: int = 15
 

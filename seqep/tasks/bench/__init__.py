@@ -48,7 +48,7 @@ from seqep.tasks.bench.measure import PeakMemory, matmul_ceiling, measure
 from seqep.tasks.bench.parallel import bench_data_parallel, worker_counts
 from seqep.tasks.bench.report import hardware, plot_memory, precision_speedups, print_report, speedups
 from seqep.tasks.bench.shapes import OLD_CODE, SHAPES, Shape, drive_flops, step_flops, train_flops
-from seqep.tasks.bench.tta import bench_time_to_accuracy
+from seqep.tasks.bench.tta import VARIANTS, bench_time_to_accuracy
 from seqep.utils import resolve_device, resolve_dtype
 
 __all__ = ["LR", "SHAPES", "PeakMemory", "Settings", "Shape", "drive_flops",
@@ -124,8 +124,9 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     if opt["workers"]:
         report["data_parallel"] = bench_data_parallel(opt["parallel_shape"], opt["workers"], st)
     if cfg.bench.tta_target is not None:
+        variants = list(cfg.bench.tta_variants or VARIANTS)
         report["time_to_accuracy"] = bench_time_to_accuracy(
-            cfg, float(cfg.bench.tta_target), list(cfg.bench.tta_variants), [int(s) for s in cfg.bench.tta_seeds],
+            cfg, float(cfg.bench.tta_target), variants, [int(s) for s in cfg.bench.tta_seeds],
             int(cfg.bench.tta_max_epochs))
     mem_shape = opt["memory_shape"]
     report["memory_vs_T"] = memory_vs_T(mem_shape, opt["memory_T"], st) if opt["memory_T"] else []

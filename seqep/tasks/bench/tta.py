@@ -9,8 +9,11 @@ The ways (`bench.tta_variants`, defined once in `VARIANTS` as config overrides o
                   (`FIXED`), the ±β phases one after the other (`algorithm.field_mode=autograd`)
     closed        the same fixed steps with closed-form fields, ±β as one batch
     mixed         closed + `precision=bf16-mixed`: free phase and evaluation in bfloat16
+    delta         closed + `precision=bf16-delta`: also the nudged phases' first-weight products in bfloat16, on
+                  the deviation from the free state
     settle        per-example settling (`SETTLE`: EP's defaults for `tol` and the step caps T and K)
-    settle+mixed  both
+    settle+mixed  settle + bf16-mixed
+    settle+delta  settle + bf16-delta
 
 Everything else (β, the model, the optimizer, the data) is the run's own, so every way runs the same learning
 rule.
@@ -41,8 +44,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "autograd": {**FIXED, "algorithm.field_mode": "autograd"},
     "closed": FIXED,
     "mixed": {**FIXED, "precision": "bf16-mixed"},
+    "delta": {**FIXED, "precision": "bf16-delta"},
     "settle": SETTLE,
     "settle+mixed": {**SETTLE, "precision": "bf16-mixed"},
+    "settle+delta": {**SETTLE, "precision": "bf16-delta"},
 }
 
 
