@@ -179,6 +179,20 @@ def test_a_bfloat16_free_phase_settles_to_what_bfloat16_can_show(monkeypatch):
     assert plus.steps < 300 and bool((plus.max_change < 1e-4 + 5e-6).all())
 
 
+def test_bfloat16_settling_measures_changes_relative_to_large_states():
+    """A state of 6 flipping between its two bfloat16 neighbours (steps of 2^-5 there) has settled as far as
+    bfloat16 can show; measured absolutely it never meets LOW_RESOLUTION (2^-7) and would run to the cap."""
+    from seqep.precision import LOW_RESOLUTION
+    from seqep.relax import _differences, relative_to_states
+
+    old = [torch.tensor([[6.0, 0.5]], dtype=torch.bfloat16)]
+    new = [torch.nextafter(old[0], torch.full_like(old[0], 10.0))]  # one rounding step up, each unit
+    diffs = _differences(new, old)
+    assert float(diffs.abs().max()) == 2.0**-5 > LOW_RESOLUTION  # absolute: 'still moving'
+    assert float(relative_to_states(diffs, new).abs().max()) < LOW_RESOLUTION  # relative: settled
+    assert float(relative_to_states(diffs, new)[0, 1]) == float(diffs[0, 1])  # |s| < 1: absolute as before
+
+
 def test_a_tol_below_what_the_dtype_can_show_is_raised_to_it():
     """float32 states near 8 move by 4 eps when rounded: a tol of 1e-9 would keep every example to the cap."""
     net = small_net("sentiment", dtype=torch.float32)
