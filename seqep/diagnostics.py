@@ -2,7 +2,8 @@
 
 Stable metric names (metrics file and W&B; phase = free, plus, minus):
 
-- `relax/<phase>/max_change`, `relax/<phase>/mean_change`: largest / mean |Δs| at the phase's last step
+- `relax/<phase>/max_change`, `relax/<phase>/mean_change`: largest / mean |Δs| at the phase's last step (a bfloat16
+  free phase with `algorithm.tol`: the largest relative to max(1, |s|), as settling tests it)
 - `relax/<phase>/frac_unsettled`: fraction of examples not settled: with `algorithm.tol`, those that ran to the
   step cap (T or K) without meeting it; without, those whose last change is above `trainer.diagnostics_tol`
 - `relax/<phase>/steps`: relaxation steps used (< T or K only with the early stop `algorithm.tol`)

@@ -25,7 +25,8 @@ FIELD_MODES = ("closed", "autograd")
 class RelaxResult:
     states: States
     steps: int  # steps actually run (fewer than asked only when `tol` stopped it early)
-    max_change: Tensor | None = None  # (B,) largest |Δs| over all units at the last step
+    max_change: Tensor | None = None  # (B,) largest |Δs| over all units at the last step (a bfloat16 phase
+    # settling per example: relative to max(1, |s|), as it tested it; `relative_to_states`)
     mean_change: Tensor | None = None  # (B,) mean |Δs| over all units at the last step
     trajectory: list[States] = field(default_factory=list)  # states after every step when record=True
     example_steps: Tensor | None = None  # (B,) steps each example ran before it settled (per-example `tol`)
@@ -169,7 +170,8 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     def build(idx):  # the phase of some examples (None: all, as given)
         pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
         b = pick(beta_rows) if beta_rows is not None else beta
-        around = _around([pick(s) for s in states], delta_weight)
+        # only the first build can make a ClosedFormPhase (it shrinks by `select`), the one stepper using `around`
+        around = _around(states, delta_weight) if idx is None else None
         return _stepper(net, pick(x), b, pick(target), field_mode, pick(drive), (pick(keys[0]), pick(keys[1])),
                         around)
 
@@ -179,10 +181,12 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     for t in range(steps):
         new = step(cur)
         diffs = _differences(new, cur)
-        change = diffs.abs()
-        if relative:
+        change = diffs.abs()  # its mean is reported
+        if relative:  # bfloat16: what settling tests, and reports as the largest change
             diffs = relative_to_states(diffs, new)
-        big = diffs.abs().amax(1) if relative else change.amax(1)
+            big = diffs.abs().amax(1)
+        else:
+            big = change.amax(1)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
             half_diff, common = _pair_largest(diffs)
             both = (half_diff < tol) & (common < pair_tol)
