@@ -47,7 +47,7 @@ BF16_FREE = ("bf16-mixed", "bf16-delta")  # the precisions whose free phase and 
 LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
 # bfloat16's machine epsilon: its states cannot show smaller changes (one step of a state near 1 is 2^-8, of one
 # in [1, 2) 2^-7), so a per-example `tol` below it would never be met; the bf16 free phase settles to this instead,
-# measured relative to max(1, |s|) (`seqep.relax.relative_to_states`: larger states round more coarsely). On the
+# measured relative to max(1, |s|) (`seqep.relax._layer_changes`: larger states round more coarsely). On the
 # default run's epoch-15 weights: 15.8 mean steps and no example at the cap (absolute: 23 steps, 6 % at the cap;
 # with tol 1e-3 17 % ran to the cap); states 0.03 from float32's, as bfloat16 itself is
 LOW_RESOLUTION = 2.0**-7

@@ -26,7 +26,7 @@ class RelaxResult:
     states: States
     steps: int  # steps actually run (fewer than asked only when `tol` stopped it early)
     max_change: Tensor | None = None  # (B,) largest |Δs| over all units at the last step (a bfloat16 phase
-    # settling per example: relative to max(1, |s|), as it tested it; `relative_to_states`)
+    # settling per example: relative to max(1, |s|), as it tested it; `_layer_changes`)
     mean_change: Tensor | None = None  # (B,) mean |Δs| over all units at the last step
     trajectory: list[States] = field(default_factory=list)  # states after every step when record=True
     example_steps: Tensor | None = None  # (B,) steps each example ran before it settled (per-example `tol`)
@@ -50,23 +50,32 @@ def state_change(new: States, old: States) -> tuple[Tensor, Tensor]:
     return change.amax(1), change.mean(1)
 
 
-def pair_change(new: States, old: States) -> tuple[Tensor, Tensor]:
+def _layer_changes(new: States, old: States, relative: bool = False):
+    """Per layer, `new − old` with one row per example, `(B, units of the layer)`; `relative`: divided by
+    `max(1, |new|)`, how a bfloat16 phase tests settling: bfloat16 rounds a state s to steps of ~|s|·2⁻⁸, so a
+    large state (the attention blocks' reach 5–10 on trained weights) can flip between two neighbours forever; in
+    absolute terms such an example never met `LOW_RESOLUTION` and ran to the cap (6 % of them on the default run's
+    epoch-15 weights, 0 % with this test). Layer by layer, not concatenated: the settling test runs every step."""
+    for a, b in zip(new, old):
+        change = torch.sub(a, b).flatten(1)
+        yield change.div_(a.flatten(1).abs().clamp_min(1.0)) if relative else change
+
+
+def largest_change(new: States, old: States, relative: bool = False) -> Tensor:
+    """Per example, the largest absolute change over every unit of every layer, `(B,)` (`relative`: as in
+    `_layer_changes`)."""
+    return torch.stack([c.abs_().amax(1) for c in _layer_changes(new, old, relative)]).amax(0)
+
+
+def pair_change(new: States, old: States, relative: bool = False) -> tuple[Tensor, Tensor]:
     """For a batch of two halves (row i pairs with row i + B/2): per pair, the largest absolute change of the
     half-difference `(a − b)/2` and of the mean `(a + b)/2` over every unit, each `(B/2,)`."""
-    return _pair_largest(_differences(new, old))
-
-
-def relative_to_states(diffs: Tensor, new: States) -> Tensor:
-    """`diffs` (from `_differences`) divided by `max(1, |s|)` of the new states: how a bfloat16 phase tests
-    settling. bfloat16 rounds a state s to steps of ~|s|·2⁻⁸, so a large state (the attention blocks' reach 5–10 on
-    trained weights) can flip between two neighbours forever; in absolute terms such an example never met
-    `LOW_RESOLUTION` and ran to the cap (6 % of them on the default run's epoch-15 weights, 0 % with this test)."""
-    return diffs / torch.cat([n.flatten(1) for n in new], 1).abs().clamp_min(1.0)
-
-
-def _pair_largest(diffs: Tensor) -> tuple[Tensor, Tensor]:
-    first, second = diffs.chunk(2)
-    return ((first - second) / 2).abs().amax(1), ((first + second) / 2).abs().amax(1)
+    halves, means = [], []
+    for change in _layer_changes(new, old, relative):
+        first, second = change.chunk(2)
+        halves.append(torch.sub(first, second).abs_().amax(1))
+        means.append(torch.add(first, second).abs_().amax(1))
+    return torch.stack(halves).amax(0) / 2, torch.stack(means).amax(0) / 2
 
 
 def relax(
@@ -155,7 +164,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     mean below `pair_tol`. EP's gradient is the difference of the two, so it needs `tol` there, while what the
     free phase left unsettled moves both halves alike: it only has to settle as far as the free phase did."""
     B = x.shape[0]
-    relative = x.dtype == LOW_DTYPE  # bfloat16: changes relative to max(1, |s|) (`relative_to_states`)
+    relative = x.dtype == LOW_DTYPE  # bfloat16: changes relative to max(1, |s|) (`_layer_changes`)
     keys = net.keys(x) if keys is None else keys
     if drive is None and field_mode != "autograd" and hasattr(net, "input_drive"):
         drive = net.input_drive(x)
@@ -180,28 +189,23 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     n_moving, used = B, 0
     for t in range(steps):
         new = step(cur)
-        diffs = _differences(new, cur)
-        change = diffs.abs()  # its mean is reported
-        if relative:  # bfloat16: what settling tests, and reports as the largest change
-            diffs = relative_to_states(diffs, new)
-            big = diffs.abs().amax(1)
-        else:
-            big = change.amax(1)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
-            half_diff, common = _pair_largest(diffs)
+            half_diff, common = pair_change(new, cur, relative)
             both = (half_diff < tol) & (common < pair_tol)
             settled = moving & torch.cat([both, both])
         else:
-            settled = moving & (big < tol)
+            settled = moving & (largest_change(new, cur, relative) < tol)
         moving &= ~settled
         still = int(moving.sum())  # the one host sync of a step
         used, last = t + 1, t + 1 == steps
         if still < n_moving or last:  # written back once: when settled, or at the cap
             done = settled | moving if last else settled
-            idx = rows[done]
-            for o, n in zip(out, new):
-                o[idx] = n[done]
-            largest[idx], mean[idx], ran[idx], met[idx] = big[done], change[done].mean(1), t + 1, settled[done]
+            idx, ended, before = rows[done], [n[done] for n in new], [c[done] for c in cur]
+            for o, n in zip(out, ended):
+                o[idx] = n
+            change = _differences(ended, before).abs()  # the reported changes: of the rows written back only
+            largest[idx] = (largest_change(ended, before, relative) if relative else change.amax(1))
+            mean[idx], ran[idx], met[idx] = change.mean(1), t + 1, settled[done]
         n_moving = still
         if n_moving == 0:
             break

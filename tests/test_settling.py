@@ -183,14 +183,14 @@ def test_bfloat16_settling_measures_changes_relative_to_large_states():
     """A state of 6 flipping between its two bfloat16 neighbours (steps of 2^-5 there) has settled as far as
     bfloat16 can show; measured absolutely it never meets LOW_RESOLUTION (2^-7) and would run to the cap."""
     from seqep.precision import LOW_RESOLUTION
-    from seqep.relax import _differences, relative_to_states
+    from seqep.relax import largest_change
 
     old = [torch.tensor([[6.0, 0.5]], dtype=torch.bfloat16)]
     new = [torch.nextafter(old[0], torch.full_like(old[0], 10.0))]  # one rounding step up, each unit
-    diffs = _differences(new, old)
-    assert float(diffs.abs().max()) == 2.0**-5 > LOW_RESOLUTION  # absolute: 'still moving'
-    assert float(relative_to_states(diffs, new).abs().max()) < LOW_RESOLUTION  # relative: settled
-    assert float(relative_to_states(diffs, new)[0, 1]) == float(diffs[0, 1])  # |s| < 1: absolute as before
+    assert float(largest_change(new, old)) == 2.0**-5 > LOW_RESOLUTION  # absolute: 'still moving'
+    assert float(largest_change(new, old, relative=True)) < LOW_RESOLUTION  # relative: settled
+    small = [new[0][:, 1:]], [old[0][:, 1:]]  # |s| < 1: relative is absolute
+    assert float(largest_change(*small, relative=True)) == float(largest_change(*small)) == 2.0**-8
 
 
 def test_a_tol_below_what_the_dtype_can_show_is_raised_to_it():
