@@ -77,7 +77,9 @@ class ClosedFormPhase:
         if self.low_weight is not None:  # the deviations from `around`, in the low weight's dtype
             self.dev_proj = self.low_weight.new_empty(B, P * L * d)
             self.dev_h = self.low_weight.new_empty(B, self.net.fc[0])
-        self.buffers: list[States] = [self.net.init_states(B, device=keys.device, dtype=keys.dtype) for _ in range(2)]
+        # every step writes every unit of the buffer it returns, so they start uninitialised
+        shapes = [(B, P, L, d), *((B, h) for h in self.net.fc)]
+        self.buffers: list[States] = [[keys.new_empty(shape) for shape in shapes] for _ in range(2)]
         self.turn = 0
 
     def select(self, rows: Tensor) -> ClosedFormPhase:
