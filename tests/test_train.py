@@ -274,3 +274,23 @@ def test_resume_refuses_a_last_checkpoint_with_flipped_bits(tmp_path):
     _flip_tensor_bytes(first / "checkpoints" / "last.pt")
     with pytest.raises(SeqepError, match=r"last.pt is corrupt: the CRC of .* does not match its data"):
         dispatch(make_cfg(tmp_path / "resumed", "trainer.epochs=2", f"checkpoint.resume={first}"))
+
+
+def test_the_fused_finite_check_names_what_holds_a_nan_or_inf():
+    """`nonfinite` answers a clean step from one fused norm and, when that is not finite, names the culprit: the
+    loss, a phase's states (an Inf too) or the weights."""
+    from seqep.estimators import EP
+    from seqep.training.trainer import nonfinite
+
+    from small_models import small_input, small_net
+
+    net = small_net("sentiment", dtype=torch.float32)
+    x, y = small_input(net, B=4, dtype=torch.float32)
+    out = EP(T=5, K=3, tol=None).compute_gradients(net, x, y)
+    assert nonfinite(out, net) is None and nonfinite(None, net) is None
+    out.phases["plus"].states[1][2, 0] = float("inf")
+    assert nonfinite(out, net) == "the plus-phase states"
+    out.phases["plus"].states[1][2, 0] = 0.0
+    with torch.no_grad():
+        net.synapses[1].bias[0] = float("nan")
+    assert nonfinite(out, net) == "the weights (synapses.1.bias)" == nonfinite(None, net)
