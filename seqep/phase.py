@@ -47,32 +47,29 @@ class ClosedFormPhase:
         self.scaled_keys_t = (net.attn_scale * self.keys).transpose(1, 2).contiguous()
         self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
         self.mask = None if mask is None else mask.reshape(B * P, 1, L)
-        self.nudge = None if target is None or _is_zero(beta) else (_column(beta), target)
+        # what a step reads of the weights, bound once (a step is ~20 small kernels, where Python's lookups weigh)
+        self.weights = [syn.weight for syn in net.dense]
+        self.biases = [syn.bias.unsqueeze(1) for syn in net.dense]  # (h, 1): broadcast over the batch
+        self.nudge = None  # β (e_y − s_out) as βe_y and β, transposed as the fields are: (n_out, B) and (1, B)
+        if target is not None and not _is_zero(beta):
+            beta = _column(beta)
+            self.nudge = ((beta * target).T.contiguous(), beta.reshape(1, -1) if isinstance(beta, Tensor) else beta)
         self.low_weight = None
         if around is not None:
             (ref_proj, ref_h, *_), self.low_weight = around
-            first = net.dense[0]
             self.ref_proj, self.ref_h = ref_proj.flatten(1), ref_h  # the caller's start states: never written
-            self.base_feedback = ref_h @ first.weight  # (B, P·L·d)
-            self.base_field = torch.addmm(first.bias.unsqueeze(1), first.weight, self.ref_proj.T)  # (h, B)
+            self.base_feedback = ref_h @ self.weights[0]  # (B, P·L·d)
+            self.base_field = torch.addmm(self.biases[0], self.weights[0], self.ref_proj.T)  # (h, B)
         self._allocate(B)
 
     def _allocate(self, B: int) -> None:
-        """The per-batch work buffers, in the keys' dtype and device, and what the steps read of the weights and
-        the nudge (bound here: one step is ~20 small kernels, where Python's lookups weigh)."""
+        """The per-batch work buffers, in the keys' dtype and device."""
         P, (L, d), keys = self.net.n_proj, self.blocks[1:], self.keys
-        dense = self.net.dense
-        self.weights = [syn.weight for syn in dense]
-        self.biases = [syn.bias.unsqueeze(1) for syn in dense]  # (h, 1): broadcast over the batch
         self.feedback = keys.new_empty(B, P * L * d)
         self.scores = keys.new_empty(B * P, L, L)
         self.attention = keys.new_empty(B * P, L, L)
         # softmax of bfloat16 scores: computed in float32 (on CPU 2-3x faster than bfloat16's), then rounded
         self.probs = keys.new_empty(B * P, L, L, dtype=torch.float32) if keys.dtype == LOW_DTYPE else None
-        if self.nudge is not None:  # β (e_y − s_out) = βe_y − β s_out, transposed as the fields are: (n_out, B)
-            beta, target = self.nudge
-            beta_t = beta.T if isinstance(beta, Tensor) else beta
-            self.nudge_t = ((beta * target).T.contiguous(), beta_t)
         self.fields_t = [keys.new_empty(h, B) for h in self.net.fc]
         if self.low_weight is not None:  # the deviations from `around`, in the low weight's dtype
             self.dev_proj = self.low_weight.new_empty(B, P * L * d)
@@ -93,9 +90,9 @@ class ClosedFormPhase:
         new.drive_scores = self.drive_scores[blocks]
         new.mask = None if self.mask is None else self.mask[blocks]
         if self.nudge is not None:
-            beta, target = self.nudge
-            per_row = isinstance(beta, Tensor) and beta.ndim == 2 and beta.shape[0] == old_B
-            new.nudge = (beta[rows] if per_row else beta, target[rows])
+            beta_target_t, beta_t = self.nudge
+            per_row = isinstance(beta_t, Tensor) and beta_t.shape[1] == old_B
+            new.nudge = (beta_target_t[:, rows], beta_t[:, rows] if per_row else beta_t)
         if self.low_weight is not None:
             new.ref_proj, new.ref_h, new.base_feedback = self.ref_proj[rows], self.ref_h[rows], self.base_feedback[rows]
             new.base_field = self.base_field[:, rows]
@@ -131,7 +128,7 @@ class ClosedFormPhase:
             if k + 1 < len(weights):
                 g.addmm_(weights[k + 1].T, dense[k + 1].T)
         if self.nudge is not None:
-            beta_target_t, beta_t = self.nudge_t
+            beta_target_t, beta_t = self.nudge
             top = self.fields_t[-1].add_(beta_target_t)
             if isinstance(beta_t, Tensor):
                 top.addcmul_(beta_t, dense[-1].T, value=-1.0)

@@ -204,7 +204,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
             for o, n in zip(out, ended):
                 o[idx] = n
             # the reported changes, of the rows written back only (bfloat16: the largest as it was tested)
-            largest[idx], mean[idx] = largest_change(ended, before, relative), _differences(ended, before).abs().mean(1)
+            largest[idx], mean[idx] = largest_change(ended, before, relative), state_change(ended, before)[1]
             ran[idx], met[idx] = t + 1, settled[done]
         n_moving = still
         if n_moving == 0:

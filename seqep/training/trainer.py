@@ -77,8 +77,9 @@ def nonfinite(out, net: Network) -> str | None:
     """What holds a NaN or Inf after a training step, if anything: the loss, a phase's states or the weights.
     Every batch asks: one fused norm of them all answers (a NaN or Inf anywhere makes it non-finite), and only
     then are they looked at one by one."""
-    tensors = [*([out.loss] + [s for res in (out.free, *out.phases.values()) for s in res.states]
-                 if out is not None else []), *net.parameters()]
+    tensors = list(net.parameters())
+    if out is not None:
+        tensors += [out.loss, *(s for res in (out.free, *out.phases.values()) for s in res.states)]
     if bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, error_if_nonfinite=False))):
         return None
     if out is not None:
