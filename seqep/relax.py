@@ -61,6 +61,14 @@ def _layer_changes(new: States, old: States, relative: bool = False):
         yield change.div_(a.flatten(1).abs().clamp_min(1.0)) if relative else change
 
 
+def _reported_changes(new: States, old: States, relative: bool) -> tuple[Tensor, Tensor]:
+    """Per example, the largest change as the settling test measures it (`relative` or not) and the mean
+    absolute change over every unit, `(B,)` each, from one pass over the differences."""
+    if relative:
+        return largest_change(new, old, relative), state_change(new, old)[1]
+    return state_change(new, old)
+
+
 def largest_change(new: States, old: States, relative: bool = False) -> Tensor:
     """Per example, the largest absolute change over every unit of every layer, `(B,)` (`relative`: as in
     `_layer_changes`)."""
@@ -168,7 +176,8 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     keys = net.keys(x) if keys is None else keys
     if drive is None and field_mode != "autograd" and hasattr(net, "input_drive"):
         drive = net.input_drive(x)
-    out = [s.clone() for s in states]
+    # every row is written exactly once (when it settles, or at the cap), so `out` starts uninitialised
+    out = [s.new_empty(s.shape) for s in states] if steps > 0 else [s.clone() for s in states]
     largest = x.new_zeros(B)
     mean = x.new_zeros(B)
     ran = torch.zeros(B, dtype=torch.long, device=x.device)
@@ -199,19 +208,21 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
         still = int(moving.sum())  # the one host sync of a step
         used, last = t + 1, t + 1 == steps
         if still < n_moving or last:  # written back once: when settled, or at the cap
-            done = settled | moving if last else settled
-            idx, ended, before = rows[done], [n[done] for n in new], [c[done] for c in cur]
+            done = (settled | moving if last else settled).nonzero().squeeze(1)  # positions in `rows`
+            idx = rows[done]
+            ended, before = [n.index_select(0, done) for n in new], [c.index_select(0, done) for c in cur]
             for o, n in zip(out, ended):
-                o[idx] = n
+                o.index_copy_(0, idx, n)
             # the reported changes, of the rows written back only (bfloat16: the largest as it was tested)
-            largest[idx], mean[idx] = largest_change(ended, before, relative), state_change(ended, before)[1]
+            largest[idx], mean[idx] = _reported_changes(ended, before, relative)
             ran[idx], met[idx] = t + 1, settled[done]
         n_moving = still
         if n_moving == 0:
             break
         if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:
-            rows, cur = rows[moving], [n[moving] for n in new]  # a copy: the old phase's buffers are left behind
-            step = step.select(moving.nonzero().squeeze(1)) if isinstance(step, ClosedFormPhase) else build(rows)
+            keep = moving.nonzero().squeeze(1)
+            rows, cur = rows[keep], [n.index_select(0, keep) for n in new]  # copies: the old buffers are left
+            step = step.select(keep) if isinstance(step, ClosedFormPhase) else build(rows)
             moving = torch.ones(len(rows), dtype=torch.bool, device=x.device)
         else:
             cur = new

@@ -3,6 +3,7 @@ suite issue (point 7) failing with one clear line and a non-zero exit status."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,7 @@ def test_a_run_with_redirected_output_has_no_bar_and_a_complete_run_log(tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     env = summary["environment"]
     assert len(env["git_commit"]) == 40 and env["torch"].startswith("2.") and env["device"] == "cpu"
+    assert env["allocator"] == ("glibc, freed memory kept" if platform.libc_ver()[0] == "glibc" else "system")
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from seqep.config import validate
 from seqep.errors import SeqepError
 from seqep.training.tracking import resolved_config
-from seqep.utils import configure_threads, environment, resolve_device, say, seed_everything
+from seqep.utils import configure_threads, environment, keep_freed_memory, resolve_device, say, seed_everything
 
 # task name -> (module, function); each function is `fn(cfg, run_dir) -> dict` (docs/architecture.md)
 TASKS = {
@@ -103,6 +103,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict[str, Any]]:
     if world.main:  # the other workers of a data-parallel run write nothing
         lock_run_dir(run_dir)
     configure_threads(parallel_jobs(hc))
+    keep_freed_memory()
     seed_everything(cfg.seed)
     cfg.device = str(resolve_device(cfg.device))
     for logger in (cfg.logger or {}).values():  # loggers that group runs (W&B) group a sweep's jobs
