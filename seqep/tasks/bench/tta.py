@@ -20,7 +20,9 @@ rule.
 
 Timed: every training epoch and its validation pass, from the first batch to the epoch whose validation accuracy
 first reaches the target (data loading and building are not timed; diagnostics and probes are off). A run that does
-not reach it within `bench.tta_max_epochs` epochs counts as not reached (its time is then null).
+not reach it within `bench.tta_max_epochs` epochs counts as not reached (its time is then null). The variants of
+a seed take their epochs in turn (epoch 1 of each, then epoch 2 of those still below the target, ...), so a
+machine whose speed drifts over minutes slows them alike; each trains exactly as a run of its own would.
 """
 
 from __future__ import annotations
@@ -66,40 +68,48 @@ def variant_config(cfg: DictConfig, name: str, seed: int) -> DictConfig:
     return out
 
 
-def time_to_accuracy(cfg: DictConfig, name: str, seed: int, target: float, max_epochs: int) -> dict[str, Any]:
-    """Train one variant with one seed until validation accuracy >= `target`; the timings."""
+def time_to_accuracy(cfg: DictConfig, names: list[str], seed: int, target: float, max_epochs: int
+                     ) -> list[dict[str, Any]]:
+    """Train every variant with one seed until validation accuracy >= `target`, epoch by epoch in turn (epoch 1
+    of each, then epoch 2 of each still below it, ...): a machine whose speed drifts over minutes (a shared VM)
+    then slows each variant's epochs alike. The timings, one dict per variant."""
     from seqep.tasks.train import build_trainer
     from seqep.training.tracking import NullTracker
     from seqep.utils import seed_everything
 
-    run = variant_config(cfg, name, seed)
-    seed_everything(seed)
     with tempfile.TemporaryDirectory(prefix="seqep-tta-") as tmp:
-        trainer = build_trainer(run, Path(tmp))
-        elapsed, curve, reached = 0.0, [], None
+        trainers, runs = {}, {}
+        for name in names:  # each built as a run of its own would be: seeded, then its weights drawn
+            seed_everything(seed)
+            trainers[name] = build_trainer(variant_config(cfg, name, seed), Path(tmp) / name)
+            runs[name] = {"variant": name, "seed": seed, "seconds": None, "epochs": None, "elapsed": 0.0,
+                          "curve": []}
         for epoch in range(1, max_epochs + 1):
-            t0 = time.perf_counter()
-            trainer.train_epoch(epoch, NullTracker(), "none (time-to-accuracy run)")
-            acc = trainer.evaluate("val")["val/acc"]
-            elapsed += time.perf_counter() - t0
-            curve.append({"epoch": epoch, "val_acc": acc, "seconds": elapsed})
-            if acc >= target:
-                reached = epoch
-                break
-    print(f"bench: time to val acc {target:g}  {name:12s} seed {seed}: "
-          + (f"{elapsed:7.1f} s ({reached} epochs)" if reached else f"not reached in {max_epochs} epochs "
-             f"(best {max(c['val_acc'] for c in curve):.3f})"), flush=True)
-    return {"variant": name, "seed": seed, "seconds": elapsed if reached else None, "epochs": reached,
-            "best_val_acc": max(c["val_acc"] for c in curve), "curve": curve}
+            for name in [n for n in names if runs[n]["epochs"] is None]:
+                run, trainer = runs[name], trainers[name]
+                t0 = time.perf_counter()
+                trainer.train_epoch(epoch, NullTracker(), "none (time-to-accuracy run)")
+                acc = trainer.evaluate("val")["val/acc"]
+                run["elapsed"] += time.perf_counter() - t0
+                run["curve"].append({"epoch": epoch, "val_acc": acc, "seconds": run["elapsed"]})
+                if acc >= target:
+                    run["seconds"], run["epochs"] = run["elapsed"], epoch
+    for run in runs.values():
+        elapsed, best = run.pop("elapsed"), max(c["val_acc"] for c in run["curve"])
+        print(f"bench: time to val acc {target:g}  {run['variant']:12s} seed {seed}: "
+              + (f"{elapsed:7.1f} s ({run['epochs']} epochs)" if run["epochs"] else
+                 f"not reached in {max_epochs} epochs (best {best:.3f})"), flush=True)
+        run["best_val_acc"] = best
+    return list(runs.values())
 
 
 def bench_time_to_accuracy(cfg: DictConfig, target: float, variants: list[str], seeds: list[int],
                            max_epochs: int) -> dict[str, Any]:
-    """Every variant x seed, interleaved by seed (a machine slowing down mid-bench hurts every variant alike);
-    per variant the median seconds over the seeds that reached the target, and the speed-up over `autograd`."""
+    """Every variant x seed, the variants of a seed interleaved epoch by epoch (`time_to_accuracy`); per variant
+    the median seconds over the seeds that reached the target, and the speed-up over `autograd`."""
     for name in variants:
         variant_config(cfg, name, 0)  # unknown names fail before anything runs
-    runs = [time_to_accuracy(cfg, name, seed, target, max_epochs) for seed in seeds for name in variants]
+    runs = [run for seed in seeds for run in time_to_accuracy(cfg, variants, seed, target, max_epochs)]
     table = []
     for name in variants:
         mine = [r for r in runs if r["variant"] == name]
