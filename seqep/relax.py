@@ -63,7 +63,7 @@ def _layer_changes(new: States, old: States, relative: bool = False):
 
 def _reported_changes(new: States, old: States, relative: bool) -> tuple[Tensor, Tensor]:
     """Per example, the largest change as the settling test measures it (`relative` or not) and the mean
-    absolute change over every unit, `(B,)` each, from one pass over the differences."""
+    absolute change over every unit, `(B,)` each (not relative: both from `state_change`'s one pass)."""
     if relative:
         return largest_change(new, old, relative), state_change(new, old)[1]
     return state_change(new, old)
