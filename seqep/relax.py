@@ -61,14 +61,6 @@ def _layer_changes(new: States, old: States, relative: bool = False):
         yield change.div_(a.flatten(1).abs().clamp_min(1.0)) if relative else change
 
 
-def _reported_changes(new: States, old: States, relative: bool) -> tuple[Tensor, Tensor]:
-    """Per example, the largest change as the settling test measures it (`relative` or not) and the mean
-    absolute change over every unit, `(B,)` each (not relative: both from `state_change`'s one pass)."""
-    if relative:
-        return largest_change(new, old, relative), state_change(new, old)[1]
-    return state_change(new, old)
-
-
 def largest_change(new: States, old: States, relative: bool = False) -> Tensor:
     """Per example, the largest absolute change over every unit of every layer, `(B,)` (`relative`: as in
     `_layer_changes`)."""
@@ -214,7 +206,9 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
             for o, n in zip(out, ended):
                 o.index_copy_(0, idx, n)
             # the reported changes, of the rows written back only (bfloat16: the largest as it was tested)
-            largest[idx], mean[idx] = _reported_changes(ended, before, relative)
+            largest[idx], mean[idx] = state_change(ended, before)
+            if relative:
+                largest[idx] = largest_change(ended, before, relative)
             ran[idx], met[idx] = t + 1, settled[done]
         n_moving = still
         if n_moving == 0:

@@ -70,7 +70,8 @@ def configure_threads(parallel_jobs: int = 1) -> int:
 
 
 # glibc's malloc, as seqep sets it (`keep_freed_memory`): blocks up to MMAP_THRESHOLD come from the heap, and freed
-# heap memory is returned to the OS only beyond TRIM_THRESHOLD (mallopt's M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1)
+# heap memory is returned to the OS only beyond TRIM_THRESHOLD. mallopt's parameter numbers (glibc's malloc.h):
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # the largest glibc allows
 TRIM_THRESHOLD = 1 << 30
 KEEP_FREED_MEMORY_ENV = "SEQEP_KEEP_FREED_MEMORY"  # set to 0 to leave glibc's malloc as it is
@@ -82,9 +83,11 @@ def keep_freed_memory() -> str:
 
     A relaxation allocates megabyte-sized tensors per phase and per compaction of the batch (per-example
     settling); with glibc's defaults such blocks are mmap'd or trimmed off the heap when freed, so each new one
-    costs page faults on first touch. On the default model's settling EP step that was a third of the time
-    (nudged phases: 24 ms -> 14.5 ms per batch). What PyTorch's CPU tuning guide gets from jemalloc/tcmalloc,
-    without a preloaded library. Memory stays at the process's peak instead of shrinking between batches.
+    costs page faults on first touch: ~3000-3900 per training batch of the default model, 0-10 kept (after the
+    first epoch). In a step benchmark in a fresh process that was a third of the time (settle + bf16-mixed ~44 ->
+    ~30 ms per batch); in whole training epochs the gain stayed within a noisy VM's drift (README, "Benchmarks").
+    What PyTorch's CPU tuning guide gets from jemalloc/tcmalloc, without a preloaded library. Memory stays at the
+    process's peak instead of shrinking between batches.
     `SEQEP_KEEP_FREED_MEMORY=0` opts out. Returns what `environment()` records: "glibc, freed memory kept" or
     "system"."""
     global _allocator
@@ -96,7 +99,7 @@ def keep_freed_memory() -> str:
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        if libc.mallopt(-3, MMAP_THRESHOLD) == 1 and libc.mallopt(-1, TRIM_THRESHOLD) == 1:
+        if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
             _allocator = "glibc, freed memory kept"
     except (OSError, AttributeError):
         pass

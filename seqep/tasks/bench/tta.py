@@ -82,24 +82,22 @@ def time_to_accuracy(cfg: DictConfig, names: list[str], seed: int, target: float
         for name in names:  # each built as a run of its own would be: seeded, then its weights drawn
             seed_everything(seed)
             trainers[name] = build_trainer(variant_config(cfg, name, seed), Path(tmp) / name)
-            runs[name] = {"variant": name, "seed": seed, "seconds": None, "epochs": None, "elapsed": 0.0,
-                          "curve": []}
+            runs[name] = {"variant": name, "seed": seed, "seconds": None, "epochs": None, "curve": []}
         for epoch in range(1, max_epochs + 1):
             for name in [n for n in names if runs[n]["epochs"] is None]:
                 run, trainer = runs[name], trainers[name]
                 t0 = time.perf_counter()
                 trainer.train_epoch(epoch, NullTracker(), "none (time-to-accuracy run)")
                 acc = trainer.evaluate("val")["val/acc"]
-                run["elapsed"] += time.perf_counter() - t0
-                run["curve"].append({"epoch": epoch, "val_acc": acc, "seconds": run["elapsed"]})
+                elapsed = (run["curve"][-1]["seconds"] if run["curve"] else 0.0) + time.perf_counter() - t0
+                run["curve"].append({"epoch": epoch, "val_acc": acc, "seconds": elapsed})
                 if acc >= target:
-                    run["seconds"], run["epochs"] = run["elapsed"], epoch
+                    run["seconds"], run["epochs"] = elapsed, epoch
     for run in runs.values():
-        elapsed, best = run.pop("elapsed"), max(c["val_acc"] for c in run["curve"])
+        run["best_val_acc"] = max(c["val_acc"] for c in run["curve"])
         print(f"bench: time to val acc {target:g}  {run['variant']:12s} seed {seed}: "
-              + (f"{elapsed:7.1f} s ({run['epochs']} epochs)" if run["epochs"] else
-                 f"not reached in {max_epochs} epochs (best {best:.3f})"), flush=True)
-        run["best_val_acc"] = best
+              + (f"{run['curve'][-1]['seconds']:7.1f} s ({run['epochs']} epochs)" if run["epochs"] else
+                 f"not reached in {max_epochs} epochs (best {run['best_val_acc']:.3f})"), flush=True)
     return list(runs.values())
 
 
