@@ -167,7 +167,8 @@ def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor, f64: bool = 
         from seqep.estimators import EP  # a BPTT run is probed with symmetric EP at a small β
 
         precision = estimator.precision
-        estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode)
+        estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode,
+                       updates=estimator.updates)
         estimator.precision = precision
     metrics = agreement(_gradients(estimator, net, x, y), _gradients(reference, net, x, y), "ep/probe/")
     if f64:

@@ -33,11 +33,17 @@ class ClosedFormPhase:
     rounded to its dtype. A nudged phase moves its states little from the free state it starts at, so the
     rounding falls on that small deviation, not on the states: the states, every other product, and the fields'
     sums stay float32.
+
+    `alternate` (`updates="alternating"`, `seqep.relax.UPDATES`): a step updates the even layers (the
+    projections, the second dense layer, ...) from the given states and then the odd ones from the even layers'
+    new states (the dense chain's fields involve only neighbouring layers, so the layers split in two halves that
+    never read themselves: a red-black Gauss-Seidel sweep). Same products, same cost per step, the same fixed
+    points; on a layered network it contracts about as much per step as two synchronous steps.
     """
 
     def __init__(self, net: HopfieldEPNet, x: Tensor, beta: float | Tensor = 0.0, target: Tensor | None = None,
                  drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None,
-                 around: tuple[States, Tensor] | None = None) -> None:
+                 around: tuple[States, Tensor] | None = None, alternate: bool = False) -> None:
         self.net = net
         keys, mask = net.keys(x) if keys is None else keys
         B, P, L, d = keys.shape
@@ -54,6 +60,7 @@ class ClosedFormPhase:
         if target is not None and not _is_zero(beta):
             beta = _column(beta)
             self.nudge = ((beta * target).T.contiguous(), beta.reshape(1, -1) if isinstance(beta, Tensor) else beta)
+        self.alternate = alternate
         self.low_weight = None
         if around is not None:
             (ref_proj, ref_h, *_), self.low_weight = around
@@ -100,40 +107,55 @@ class ClosedFormPhase:
         return new
 
     def __call__(self, states: States) -> States:
-        """One step from `states` (the start states or the last states returned; never written)."""
-        net, (proj, *dense), weights = self.net, states, self.weights
+        """One step from `states` (the start states or the last states returned; never written): synchronous
+        (every layer from `states`), or with `alternate` the even layers (the projections, the second dense layer,
+        ...) from `states` and then the odd ones from the even layers' new states."""
         new, self.turn = self.buffers[self.turn], 1 - self.turn
-        # projections: g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
-        if self.low_weight is None:
-            torch.mm(dense[0], weights[0], out=self.feedback)
+        layers = range(len(new))
+        if self.alternate:
+            for i in layers[0::2]:
+                self._update(i, states, states, new)
+            for i in layers[1::2]:
+                self._update(i, new, states, new)
         else:
-            torch.sub(dense[0], self.ref_h, out=self.dev_h)
-            torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=self.feedback)
-        torch.baddbmm(self.drive_scores, self.feedback.view(self.blocks), self.scaled_keys_t, out=self.scores)
-        if self.mask is not None:
-            self.scores.masked_fill_(self.mask, torch.finfo(self.scores.dtype).min)
-        if self.probs is None:
-            torch.softmax(self.scores, dim=-1, out=self.attention)
-        else:
-            self.attention.copy_(torch.softmax(self.scores, dim=-1, dtype=torch.float32, out=self.probs))
-        torch.bmm(self.attention, self.keys, out=new[0].view(self.blocks))
-        # dense layers: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
-        inputs = [proj.flatten(1), *dense[:-1]]
-        for k, (prev, g) in enumerate(zip(inputs, self.fields_t)):
-            if k == 0 and self.low_weight is not None:
-                torch.sub(prev, self.ref_proj, out=self.dev_proj)
-                torch.add(self.base_field, self.low_weight @ self.dev_proj.T, out=g)
-            else:
-                torch.addmm(self.biases[k], weights[k], prev.T, out=g)
-            if k + 1 < len(weights):
-                g.addmm_(weights[k + 1].T, dense[k + 1].T)
-        if self.nudge is not None:
-            beta_target_t, beta_t = self.nudge
-            top = self.fields_t[-1].add_(beta_target_t)
-            if isinstance(beta_t, Tensor):
-                top.addcmul_(beta_t, dense[-1].T, value=-1.0)
-            else:
-                top.add_(dense[-1].T, alpha=-beta_t)
-        for state, g in zip(new[1:], self.fields_t):
-            state.copy_(net.act(g.T))
+            for i in layers:
+                self._update(i, states, states, new)
         return new
+
+    def _update(self, i: int, src: States, states: States, new: States) -> None:
+        """Layer i's new state into `new[i]`, from its neighbours' states in `src` and its own in `states` (the
+        nudge's β(e_y − s_out)); layer 0 is the projections."""
+        weights = self.weights
+        if i == 0:  # g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
+            if self.low_weight is None:
+                torch.mm(src[1], weights[0], out=self.feedback)
+            else:
+                torch.sub(src[1], self.ref_h, out=self.dev_h)
+                torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=self.feedback)
+            torch.baddbmm(self.drive_scores, self.feedback.view(self.blocks), self.scaled_keys_t, out=self.scores)
+            if self.mask is not None:
+                self.scores.masked_fill_(self.mask, torch.finfo(self.scores.dtype).min)
+            if self.probs is None:
+                torch.softmax(self.scores, dim=-1, out=self.attention)
+            else:
+                self.attention.copy_(torch.softmax(self.scores, dim=-1, dtype=torch.float32, out=self.probs))
+            torch.bmm(self.attention, self.keys, out=new[0].view(self.blocks))
+            return
+        # dense layer k = i - 1: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
+        k, g = i - 1, self.fields_t[i - 1]
+        prev = src[i - 1].flatten(1) if i == 1 else src[i - 1]
+        if k == 0 and self.low_weight is not None:
+            torch.sub(prev, self.ref_proj, out=self.dev_proj)
+            torch.add(self.base_field, self.low_weight @ self.dev_proj.T, out=g)
+        else:
+            torch.addmm(self.biases[k], weights[k], prev.T, out=g)
+        if k + 1 < len(weights):
+            g.addmm_(weights[k + 1].T, src[i + 1].T)
+        elif self.nudge is not None:
+            beta_target_t, beta_t = self.nudge
+            g.add_(beta_target_t)
+            if isinstance(beta_t, Tensor):
+                g.addcmul_(beta_t, states[i].T, value=-1.0)
+            else:
+                g.add_(states[i].T, alpha=-beta_t)
+        new[i].copy_(self.net.act(g.T))

@@ -135,7 +135,7 @@ def test_training_logs_every_diagnostic_to_metrics_and_wandb(tmp_path, monkeypat
     for key in expected:
         assert float(rows[0][key]) >= 0.0, key
     assert rows[0]["ep/probe/cos_min"] == "" and -1.0 <= float(rows[1]["ep/probe/cos_min"]) <= 1.0
-    assert float(rows[1]["relax/free/steps"]) == 6.0 and float(rows[1]["relax/plus/steps"]) == 3.0  # T, K
+    assert 1.0 <= float(rows[1]["relax/free/steps"]) <= 6.0 and 1.0 <= float(rows[1]["relax/plus/steps"]) <= 3.0  # T, K
     history = inspect_wandb(tmp_path)["history"]
     for key in [*expected, "ep/probe/cos/synapses.0.weight"]:
         assert key in history[-1], key

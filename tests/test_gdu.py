@@ -115,7 +115,8 @@ def test_symmetric_is_the_mean_of_one_sided_and_sums_to_the_estimators():
         torch.testing.assert_close(result.ep["symmetric"][name],
                                    (result.ep["positive"][name] + result.ep["negative"][name]) / 2)
     for variant in ("symmetric", "positive", "negative"):
-        EP(40, 8, [0.0, 0.05], variant, tol=None).compute_gradients(net, x, y)  # the fixed steps gdu records
+        # the fixed synchronous steps gdu records
+        EP(40, 8, [0.0, 0.05], variant, tol=None, updates="synchronous").compute_gradients(net, x, y)
         for name, g in grads_by_name(net).items():
             torch.testing.assert_close(result.ep[variant][name].sum(0), g, rtol=1e-7, atol=1e-12)
 

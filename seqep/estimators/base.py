@@ -11,7 +11,7 @@ from torch import Tensor
 
 from seqep.network import Network, one_hot
 from seqep.precision import BF16_FREE, LOW_DTYPE, Bf16Copy, check_precision, effective_precision, tf32_matmuls
-from seqep.relax import FIELD_MODES, RelaxResult, relax
+from seqep.relax import FIELD_MODES, UPDATES, RelaxResult, relax
 
 
 @dataclass
@@ -61,7 +61,8 @@ class Estimator(ABC):
     def precision(self, value: str) -> None:
         self._precision = check_precision(value)
 
-    def __init__(self, T: int = 20, K: int = 8, field_mode: str = "closed", tol: float | None = None) -> None:
+    def __init__(self, T: int = 20, K: int = 8, field_mode: str = "closed", tol: float | None = None,
+                 updates: str = "synchronous") -> None:
         for key, value in (("T", T), ("K", K)):
             if value < 1:
                 raise ValueError(f"{key}={value} must be > 0")
@@ -69,7 +70,9 @@ class Estimator(ABC):
             raise ValueError(f"field_mode={field_mode!r} is not allowed; choose one of: {', '.join(FIELD_MODES)}")
         if tol is not None and tol <= 0:
             raise ValueError(f"tol={tol} must be > 0 (or null for fixed step counts)")
-        self.T, self.K, self.field_mode, self.tol = T, K, field_mode, tol
+        if updates not in UPDATES:
+            raise ValueError(f"updates={updates!r} is not allowed; choose one of: {', '.join(UPDATES)}")
+        self.T, self.K, self.field_mode, self.tol, self.updates = T, K, field_mode, tol, updates
 
     def describe(self) -> str:
         """One line for the run header and summary.json, from the object itself (its class name first)."""
@@ -92,7 +95,8 @@ class Estimator(ABC):
             return self._bf16_free_phase(net, x, steps, beta, **kw)
         states = net.init_states(x.shape[0], device=x.device, dtype=x.dtype)
         with tf32_matmuls(mode == "tf32"):
-            return relax(net, x, states, steps, beta, field_mode=self.field_mode, tol=self.tol, **kw)
+            return relax(net, x, states, steps, beta, field_mode=self.field_mode, tol=self.tol,
+                         updates=self.updates, **kw)
 
     def _bf16_free_phase(self, net: Network, x: Tensor, steps: int, beta: float | Tensor, target=None,
                          drive=None, keys=None, **kw) -> RelaxResult:
@@ -101,7 +105,7 @@ class Estimator(ABC):
         low, xl = self._bf16.of(net), x.to(LOW_DTYPE)
         cast = lambda t: t.to(LOW_DTYPE) if isinstance(t, Tensor) and t.is_floating_point() else t
         res = relax(low, xl, low.init_states(x.shape[0], device=x.device, dtype=LOW_DTYPE), steps, cast(beta),
-                    cast(target), field_mode=self.field_mode, tol=self.tol, **kw)
+                    cast(target), field_mode=self.field_mode, tol=self.tol, updates=self.updates, **kw)
         back = lambda t: None if t is None else t.to(x.dtype)
         return RelaxResult([back(s) for s in res.states], res.steps, back(res.max_change), back(res.mean_change),
                            [[back(s) for s in states] for states in res.trajectory], res.example_steps, res.settled)

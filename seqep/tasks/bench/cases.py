@@ -66,8 +66,10 @@ def build(shape: Shape, st: Settings) -> tuple[HopfieldEPNet, torch.Tensor, torc
 def estimator(algorithm: str, T: int, K: int, path: str, st: Settings, truncate: str = "last_k",
               precision: str | None = None) -> Estimator:
     """Symmetric EP or BPTT on `path`, at `precision` (None: the run's, `st.precision`), with exactly T and K
-    steps (`tol=None`: EP's default settles, and what the rows time and their FLOPs count is T and K steps)."""
-    est = (EP(T, K, betas=st.betas, variant="symmetric", field_mode=path, tol=None) if algorithm == "ep"
+    synchronous steps (`tol=None`: EP's default settles, and what the rows time and their FLOPs count is T and K
+    steps; synchronous: the old code's order, whose steps cost alike on every path)."""
+    est = (EP(T, K, betas=st.betas, variant="symmetric", field_mode=path, tol=None, updates="synchronous")
+           if algorithm == "ep"
            else BPTT(T, K, truncate=truncate, field_mode=path))
     est.precision = st.precision if precision is None else precision
     return est
