@@ -44,8 +44,8 @@ class EP(Estimator):
     0.6 times the steps. The paper presets set the old code's T, K and β, `tol: null`, `updates: synchronous`."""
 
     def __init__(self, T: int = 100, K: int = 40, betas: Sequence[float] = (0.0, 0.02), variant: str = "symmetric",
-                 field_mode: str = "closed", tol: float | None = 2e-3, updates: str = "alternating",
-                 generator: torch.Generator | None = None) -> None:
+                 field_mode: str = "closed", tol: float | None = 2e-3, generator: torch.Generator | None = None,
+                 updates: str = "alternating") -> None:
         super().__init__(T, K, field_mode, tol, updates)
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r} is not allowed; choose one of: {', '.join(VARIANTS)}")

@@ -185,6 +185,11 @@ class Trainer:
         return self.saving.last
 
     # ----------------------------------------------------------------------------------------- loops
+    def end_epoch_schedule(self) -> None:
+        """A per-epoch schedule's step, after an epoch's validation (a per-step one steps after every batch)."""
+        if self.schedule is not None and self.schedule.interval == "epoch":
+            self.schedule.scheduler.step()
+
     def fit(self, tracker: Tracker, progress: Progress) -> Progress:
         """Train epochs `progress.epoch + 1 .. settings.epochs`; returns the progress at the end."""
         epochs = int(self.settings.epochs)
@@ -198,8 +203,7 @@ class Trainer:
             train.update(self.diagnostics.epoch_metrics(self.net, epoch))
             t_train = time.time() - t0
             val = self.evaluate("val")
-            if self.schedule is not None and self.schedule.interval == "epoch":
-                self.schedule.scheduler.step()
+            self.end_epoch_schedule()
             improved = val["val/acc"] > progress.best_acc
             if improved:
                 progress.best_acc, progress.best_epoch = val["val/acc"], epoch

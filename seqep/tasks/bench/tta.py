@@ -92,6 +92,7 @@ def time_to_accuracy(cfg: DictConfig, names: list[str], seed: int, target: float
                 t0 = time.perf_counter()
                 trainer.train_epoch(epoch, NullTracker(), "none (time-to-accuracy run)")
                 acc = trainer.evaluate("val")["val/acc"]
+                trainer.end_epoch_schedule()  # as `Trainer.fit` does: the next epoch's learning rate
                 elapsed = (run["curve"][-1]["seconds"] if run["curve"] else 0.0) + time.perf_counter() - t0
                 run["curve"].append({"epoch": epoch, "val_acc": acc, "seconds": elapsed})
                 if acc >= target:
