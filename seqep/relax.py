@@ -98,7 +98,7 @@ def relax(
     delta_weight: Tensor | None = None,
     updates: str = "synchronous",
 ) -> RelaxResult:
-    """Run up to `steps` synchronous steps. With `tol` (never below what `x`'s dtype can show,
+    """Run up to `steps` steps (in the order `updates`, below). With `tol` (never below what `x`'s dtype can show,
     `seqep.precision.settle_tol`), each example stops once its largest state change is below `tol` (its states
     stay as they were then) and stops costing: the batch is compacted to the examples still moving
     (`relax_per_example`, where `pair_tol` makes rows i and i + B/2 one pair); under autograd (BPTT's graph) or
@@ -120,12 +120,7 @@ def relax(
         return relax_per_example(net, x, states, steps, beta, target, field_mode=field_mode, tol=tol, drive=drive,
                                  keys=keys, pair_tol=pair_tol, delta_weight=delta_weight, updates=updates)
     keys = net.keys(x) if keys is None else keys
-    if field_mode != "autograd" and torch.is_grad_enabled():  # BPTT's graph steps: functional, so autograd can
-        drive = net.input_drive(x) if drive is None else drive  # go back through them
-        step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
-        step = alternating(step) if updates == "alternating" else step
-    else:
-        step = _stepper(net, x, beta, target, field_mode, drive, keys, _around(states, delta_weight), updates)
+    step = _stepper(net, x, beta, target, field_mode, drive, keys, _around(states, delta_weight), updates)
     reused = isinstance(step, ClosedFormPhase)
     trajectory, largest, mean = [], None, None
     for t in range(steps):
@@ -162,14 +157,16 @@ def alternating(step):
 
 def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys, around=None,
              updates: str = "synchronous"):
-    """One phase's step function for a batch without a graph: the old code's autograd of Φ (input drive included,
-    rebuilt every step), the closed-form engine with two reused state buffers for a HopfieldEPNet
-    (seqep/phase.py; `around` as there), or any other Network's functional step; in the order `updates`."""
-    if field_mode != "autograd" and isinstance(net, HopfieldEPNet):
-        return ClosedFormPhase(net, x, beta, target, drive, keys, around, alternate=updates == "alternating")
+    """One phase's step function, in the order `updates`: the old code's autograd of Φ (input drive included,
+    rebuilt every step); without a graph, the closed-form engine with two reused state buffers for a HopfieldEPNet
+    (seqep/phase.py; `around` as there); else the network's functional step (BPTT's graph steps, so autograd can go
+    back through them, and any other Network), its input drive computed once."""
     if field_mode == "autograd":
         step = partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
+    elif isinstance(net, HopfieldEPNet) and not torch.is_grad_enabled():
+        return ClosedFormPhase(net, x, beta, target, drive, keys, around, alternate=updates == "alternating")
     else:
+        drive = net.input_drive(x) if drive is None and hasattr(net, "input_drive") else drive
         step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
     return alternating(step) if updates == "alternating" else step
 

@@ -40,10 +40,11 @@ def grads_by_name(net: Network) -> dict[str, Tensor]:
 class Estimator(ABC):
     """Common base: T free steps from zero states predict; subclasses add how gradients come out.
 
-    The interface the trainer, diagnostics and tasks use: `T`, `K`, `field_mode`, `precision`, `predict(net, x)`,
-    `compute_gradients(net, x, y) -> StepOutput` and `describe()`. A learning rule of one's own subclasses this
-    (or `EP`) and is picked with `algorithm=<its yaml>` (README, "Extending seqep"); the defaults below are the
-    only place they are written (the config schema is read from this signature).
+    The interface the trainer, diagnostics and tasks use: `T`, `K`, `field_mode`, `precision`, `updates` (the
+    order of a step's layer updates, `seqep.relax.UPDATES`; synchronous here and in BPTT, alternating in EP),
+    `predict(net, x)`, `compute_gradients(net, x, y) -> StepOutput` and `describe()`. A learning rule of one's own
+    subclasses this (or `EP`) and is picked with `algorithm=<its yaml>` (README, "Extending seqep"); the defaults
+    below are the only place they are written (the config schema is read from this signature).
 
     `precision` (one of `seqep.precision.PRECISIONS`, default fp32) is an attribute, not a constructor argument:
     seqep's builder sets it from the top-level key, so a subclass gets it without taking it. It acts through
