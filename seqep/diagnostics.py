@@ -171,19 +171,27 @@ def probe_reference(estimator: Estimator) -> BPTT:
     return reference
 
 
+def probe_estimator(estimator: Estimator) -> Estimator:
+    """What the probe compares with BPTT: the estimator in use, or for a BPTT run symmetric EP at β = 0.01 with EP's
+    own settling defaults (step caps, `tol`, alternating updates) at the run's precision and field mode. The
+    BPTT run's T, K and synchronous updates would leave EP's phases short of equilibrium late in training (a
+    synchronous phase can stop a creeping example far from it), and the probe would measure that, not EP."""
+    if not isinstance(estimator, BPTT):
+        return estimator
+    from seqep.estimators import EP
+
+    ep = EP(betas=[0.0, 0.01], field_mode=estimator.field_mode)
+    ep.precision = estimator.precision
+    return ep
+
+
 def probe(net: Network, estimator: Estimator, x: Tensor, y: Tensor, f64: bool = True) -> dict[str, float]:
     """Cosine and relative error between the estimator in use and BPTT from the free equilibrium, per tensor
     (`ep/probe/...`, `probe_reference`), and with `f64` of the same estimate against float64 (`ep/probe/f64/...`,
     `precision_fidelity`: it costs a float64 copy of the model and as much time again). Leaves `p.grad` as it found
     it."""
     reference = probe_reference(estimator)
-    if isinstance(estimator, BPTT):
-        from seqep.estimators import EP  # a BPTT run is probed with symmetric EP at a small β
-
-        precision = estimator.precision
-        estimator = EP(estimator.T, estimator.K, betas=[0.0, 0.01], field_mode=estimator.field_mode,
-                       updates=estimator.updates)
-        estimator.precision = precision
+    estimator = probe_estimator(estimator)
     metrics = agreement(_gradients(estimator, net, x, y), _gradients(reference, net, x, y), "ep/probe/")
     if f64:
         metrics |= precision_fidelity(net, estimator, x, y)

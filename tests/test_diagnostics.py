@@ -168,3 +168,28 @@ def test_training_logs_every_diagnostic_to_metrics_and_wandb(tmp_path, monkeypat
     for key in [*expected, "ep/probe/cos/synapses.0.weight"]:
         assert key in history[-1], key
     assert history[-1]["out/tie_rate"] == pytest.approx(float(rows[1]["out/tie_rate"]))
+
+
+def test_a_bptt_run_is_probed_with_settling_ep_whatever_its_T():
+    """A BPTT run's probe compares BPTT with symmetric EP at β = 0.01 settled with EP's own defaults (caps, tol,
+    alternating updates), not cut at the run's T and K: a T = 4, K = 2 EP would measure its short phases."""
+    from seqep.diagnostics import _gradients, agreement, probe_estimator, probe_reference
+    from seqep.estimators import BPTT
+
+    run = BPTT(4, 2)
+    run.precision = "bf16-mixed"
+    ep = probe_estimator(run)
+    defaults = EP()
+    assert isinstance(ep, EP) and (ep.beta, ep.variant, ep.precision) == (0.01, "symmetric", "bf16-mixed")
+    assert (ep.T, ep.K, ep.tol, ep.updates) == (defaults.T, defaults.K, defaults.tol, defaults.updates)
+    assert probe_estimator(defaults) is defaults
+
+    net = small_net("nli")
+    x, y = small_input(net, B=6)
+    run = BPTT(6, 6)  # K as deep as the network: the reference reaches every tensor
+    m = probe(net, run, x, y, f64=False)
+    reference = _gradients(probe_reference(run), net, x, y)
+    short = agreement(_gradients(EP(6, 6, [0.0, 0.01], updates="synchronous"), net, x, y), reference, "")
+    worst = lambda metrics, key: max(v for k, v in metrics.items() if k.startswith(key))
+    assert m["ep/probe/cos_min"] > 0.9999 > short["cos_min"], (m, short)
+    assert worst(m, "ep/probe/rel_err/") < 0.03 < 0.1 < worst(short, "rel_err/"), (m, short)
