@@ -125,8 +125,16 @@ class BenchConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """task=baseline (seqep.tasks.baseline): logistic regression on mean word vectors, the dataset's reference."""
+
+    l2: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])  # chosen on validation accuracy
+    max_iter: int = 500  # L-BFGS iterations per fit
+
+
+@dataclass
 class SeqepConfig:
-    task: str = "train"  # train | test | gdu | bench (seqep.tasks.TASKS)
+    task: str = "train"  # train | test | gdu | bench | baseline (seqep.tasks.TASKS)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64
@@ -135,9 +143,10 @@ class SeqepConfig:
     # deviation from the free state) | tf32 (CUDA only)
     precision: str = "fp32"
     # the run directory's and W&B run's name: ep_rt_snippets (a dataset without `name`: its class, lower case);
-    # test_<loaded run>, gdu_<...> for the other tasks (`run_name`)
+    # test_<loaded run>, gdu_<...> for the other tasks, baseline_<dataset> (`run_name`)
     name: str = ("${run_name:${task},${target_name:${algorithm._target_}}_${oc.select:dataset.name,"
-                 "${target_name:${dataset._target_}}},${checkpoint.load}}")
+                 "${target_name:${dataset._target_}}},${checkpoint.load},${oc.select:dataset.name,"
+                 "${target_name:${dataset._target_}}}}")
     sweep_name: str = "sweep"  # a multirun's directory (<time>_<sweep_name>) and W&B group: the same for every job
     optimized_metric: Optional[str] = None  # a search (hparams_search=optuna): the summary value each job returns
     dataset: Any = MISSING  # the object groups: typed by each option's own schema
@@ -151,6 +160,7 @@ class SeqepConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     gdu: GduConfig = field(default_factory=GduConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 # ------------------------------------------------------------------------------------------ schemas
@@ -273,11 +283,14 @@ def target_name(target: str) -> str:
     return str(target).rsplit(".", 1)[-1].lower()
 
 
-def run_name(task: str, trained: str, load: str | None) -> str:
+def run_name(task: str, trained: str, load: str | None, dataset: str | None = None) -> str:
     """`ep_rt_snippets` for training; `test_ep_rt_snippets` for task=test of a run dir named
-    `<time>_ep_rt_snippets` (or its checkpoint), `gdu_...`/`bench_...` likewise."""
+    `<time>_ep_rt_snippets` (or its checkpoint), `gdu_...`/`bench_...` likewise; `baseline_rt_snippets` (no
+    learning rule runs) for task=baseline."""
     if task == "train":
         return trained
+    if task == "baseline" and dataset:
+        return f"baseline_{dataset}"
     if load:
         from seqep.training.checkpoint import run_dir_of
 

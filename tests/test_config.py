@@ -130,7 +130,7 @@ def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
     (["algorithm=bptt", "algorithm.truncate=half"],
      "algorithm.truncate='half' is not allowed; choose one of: last_k, full"),
     (["algorithm.field_mode=numeric"], "algorithm.field_mode='numeric' is not allowed; choose one of: closed"),
-    (["task=fly"], "task='fly' is not allowed; choose one of: train, test, gdu, bench"),
+    (["task=fly"], "task='fly' is not allowed; choose one of: train, test, gdu, bench, baseline"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 must be >= 1"),
     (["dataset.batch_size=-5"], "dataset.batch_size=-5 must be >= 1"),
     (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0 must be >= 1"),

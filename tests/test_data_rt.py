@@ -153,3 +153,8 @@ def test_real_rt_snippets_end_to_end(tmp_path):
     sdist = tmp_path / "downloads" / "vaderSentiment-3.3.2.tar.gz"
     assert hashlib.sha256(sdist.read_bytes()).hexdigest().startswith("5d7c06e0")
     assert TXT_SHA256.startswith("c8293b0d")
+    # task=baseline's reference score on the default split (README "Results"; SPEC §8's prototype: 0.706 on its own)
+    from seqep.tasks.baseline import logistic_baseline
+
+    baseline = logistic_baseline(b, [1e-4, 1e-3, 1e-2, 1e-1], 500)
+    assert abs(baseline["test/acc"] - 0.6975) < 0.005, baseline  # a few examples near the boundary may flip

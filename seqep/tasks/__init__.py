@@ -6,6 +6,7 @@ The task modules are imported only when their task runs (`task=bench` never impo
     train.py   task=train (run_training) and task=test (run_test)
     gdu/       task=gdu: EP updates against BPTT gradients, step by step
     bench/     task=bench: throughput, GFLOP/s and memory
+    baseline.py task=baseline: logistic regression on mean word vectors (the dataset's reference score)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TASKS = {
     "test": ("seqep.tasks.train", "run_test"),
     "gdu": ("seqep.tasks.gdu", "run_gdu"),
     "bench": ("seqep.tasks.bench", "run_bench"),
+    "baseline": ("seqep.tasks.baseline", "run_baseline"),
 }
 
 

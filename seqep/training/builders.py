@@ -1,5 +1,5 @@
-"""Config -> objects, in one place for every task (train, test, gdu, bench): each group's node is built with
-`hydra.utils.instantiate` from its `_target_`, so a class of one's own plugs in by YAML alone.
+"""Config -> objects, in one place for every task (train, test, gdu, bench, baseline): each group's node is built
+with `hydra.utils.instantiate` from its `_target_`, so a class of one's own plugs in by YAML alone.
 
 A constructor's `ValueError`/`TypeError` becomes one `SeqepError` line naming the key (`algorithm.K=30 > T=20 ...`).
 
