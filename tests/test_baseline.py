@@ -93,3 +93,14 @@ def test_task_baseline_writes_its_summary_under_its_own_name(tmp_path):
     for key in ("train/acc", "val/acc", "test/acc", "baseline/l2"):
         assert saved[key] == summary[key] == want[key]
     assert saved["task"] == "baseline" and saved["status"] == "completed" and saved["test/acc"] > 0.6
+
+
+def test_baseline_builds_no_model_so_any_model_group_goes():
+    """task=baseline checks the dataset and loggers only: the default (sentiment) model beside NLI data is no
+    error there, as it is for training."""
+    from seqep.config import validate
+
+    overrides = ["dataset=synth_nli", "dataset.n_train=60", "dataset.n_val=30", "dataset.n_test=30", "logger=none"]
+    validate(compose_cfg("task=baseline", *overrides))
+    with pytest.raises(SeqepError, match="does not fit dataset"):
+        validate(compose_cfg("task=train", *overrides))

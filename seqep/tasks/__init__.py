@@ -35,6 +35,7 @@ TASKS = {
     "bench": ("seqep.tasks.bench", "run_bench"),
     "baseline": ("seqep.tasks.baseline", "run_baseline"),
 }
+DATA_ONLY = ("baseline",)  # tasks that build no network, learning rule or optimizer: their groups go unchecked
 
 
 def _hydra_config() -> DictConfig | None:

@@ -180,8 +180,14 @@ def describe(obj: Any) -> str:
 # ------------------------------------------------------------------------------------------ before a run
 def dry_run(cfg: DictConfig) -> None:
     """Build every object once without data (the model on the meta device, the optimizer on stand-in tensors), so
-    constructor errors and mismatches between groups fail before anything runs."""
+    constructor errors and mismatches between groups fail before anything runs. A task of `DATA_ONLY` (baseline)
+    builds the dataset and the loggers only."""
+    from seqep.tasks import DATA_ONLY
+
     data = build_dataset(cfg.dataset)
+    if OmegaConf.select(cfg, "task", default="train") in DATA_ONLY:
+        build_loggers(OmegaConf.select(cfg, "logger", default=None))
+        return
     build_estimator(cfg.algorithm, torch.Generator(), str(cfg.precision))
     with torch.device("meta"):
         net = build_model(cfg.model, seq_len=int(data.seq_len), embed_dim=int(getattr(data, "embed_dim", 4)))
