@@ -241,7 +241,10 @@ class Diagnostics:
     def record(self, net: Network, x: Tensor, y: Tensor, out: StepOutput, before: dict[str, Tensor]) -> None:
         """After the optimizer step: `before` holds the weights the step started from."""
         start = time.perf_counter()
-        self.averager.add({**phase_metrics(net, x, y, out, self.tol, self.beta), **gradient_metrics(net, before)})
+        metrics = {**phase_metrics(net, x, y, out, self.tol, self.beta), **gradient_metrics(net, before)}
+        if getattr(self.estimator, "adaptive_beta", False):  # share of the batch rerun at a smaller β (kinks)
+            metrics["ep/kink_reruns"] = out.kink_reruns / max(len(y), 1)
+        self.averager.add(metrics)
         self.seconds += time.perf_counter() - start
 
     def epoch_metrics(self, net: Network, epoch: int) -> dict[str, float]:

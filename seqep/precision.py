@@ -54,13 +54,16 @@ LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
 LOW_RESOLUTION = 2.0**-7
 
 
-def settle_tol(tol: float | None, dtype: torch.dtype) -> float | None:
+def settle_tol(tol: float | torch.Tensor | None, dtype: torch.dtype) -> float | torch.Tensor | None:
     """A per-example settling tolerance a phase in `dtype` can meet: `tol`, but never below what the dtype can
     show: `LOW_RESOLUTION` for bfloat16, 32 machine epsilons otherwise (states reach ~8 in magnitude, where one
-    rounding of float32 is 4 eps; `tol·β` of EP's nudged phases with a small tol would otherwise never be met)."""
+    rounding of float32 is 4 eps; `tol·β` of EP's nudged phases with a small tol would otherwise never be met).
+    A tensor (one tolerance per example) is floored element by element."""
     if tol is None:
         return None
     floor = LOW_RESOLUTION if dtype == LOW_DTYPE else 32 * torch.finfo(dtype).eps
+    if isinstance(tol, torch.Tensor):
+        return tol.clamp_min(floor)
     return max(float(tol), floor)
 
 

@@ -90,7 +90,7 @@ def relax(
     target: Tensor | None = None,
     *,
     field_mode: str = "closed",
-    tol: float | None = None,
+    tol: float | Tensor | None = None,
     record: bool = False,
     drive: Tensor | None = None,
     keys: tuple[Tensor, Tensor | None] | None = None,
@@ -98,8 +98,9 @@ def relax(
     delta_weight: Tensor | None = None,
     updates: str = "synchronous",
 ) -> RelaxResult:
-    """Run up to `steps` steps (in the order `updates`, below). With `tol` (never below what `x`'s dtype can show,
-    `seqep.precision.settle_tol`), each example stops once its largest state change is below `tol` (its states
+    """Run up to `steps` steps (in the order `updates`, below). With `tol` (one number or one per example `(B,)`;
+    never below what `x`'s dtype can show, `seqep.precision.settle_tol`), each example stops once its largest
+    state change is below its `tol` (its states
     stay as they were then) and stops costing: the batch is compacted to the examples still moving
     (`relax_per_example`, where `pair_tol` makes rows i and i + B/2 one pair); under autograd (BPTT's graph) or
     `record`, the whole batch stops together. `delta_weight`: a low-precision copy of the first dense weight,
@@ -131,7 +132,7 @@ def relax(
         states = new
         if record:
             trajectory.append([s.clone() for s in states] if reused else states)
-        if tol is not None and bool(largest.max() < tol):
+        if tol is not None and bool((largest < tol).all()):
             return RelaxResult(states, t + 1, largest, mean, trajectory)
     return RelaxResult(states, steps, largest, mean, trajectory)
 
@@ -173,7 +174,7 @@ def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys
 
 @torch.no_grad()
 def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta: float | Tensor = 0.0,
-                      target: Tensor | None = None, *, field_mode: str = "closed", tol: float,
+                      target: Tensor | None = None, *, field_mode: str = "closed", tol: float | Tensor,
                       drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None,
                       pair_tol: float | None = None, delta_weight: Tensor | None = None,
                       updates: str = "synchronous") -> RelaxResult:
@@ -185,8 +186,9 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     result is the longest any example ran; `example_steps` is each one's, `settled` whether it met its criterion
     before the cap.
 
+    `tol` may be one number per row `(B,)` (EP's `adaptive_beta`: each example settles to `tol·β` of its own β).
     `pair_tol`: the batch is two halves of the same examples (symmetric EP's +β and −β phases); row i and row
-    i + B/2 stop together, once the largest change of their half-difference is below `tol` and that of their
+    i + B/2 stop together, once the largest change of their half-difference is below `tol` (row i's) and that of their
     mean below `pair_tol`. EP's gradient is the difference of the two, so it needs `tol` there, while what the
     free phase left unsettled moves both halves alike: it only has to settle as far as the free phase did."""
     B = x.shape[0]
@@ -202,6 +204,8 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     met = torch.zeros(B, dtype=torch.bool, device=x.device)
     rows = torch.arange(B, device=x.device)  # the examples the phase runs on
     beta_rows = beta if isinstance(beta, Tensor) and beta.ndim > 0 else None
+    tol_rows = tol if isinstance(tol, Tensor) and tol.ndim > 0 else None
+    tol_now = tol  # the tolerance of the rows the phase runs on
 
     def build(idx):  # the phase of some examples (None: all, as given)
         pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
@@ -218,10 +222,10 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
         new = step(cur)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
             half_diff, common = pair_change(new, cur, relative)
-            both = (half_diff < tol) & (common < pair_tol)
+            both = (half_diff < (tol_now if tol_rows is None else tol_now[:len(half_diff)])) & (common < pair_tol)
             settled = moving & torch.cat([both, both])
         else:
-            settled = moving & (largest_change(new, cur, relative) < tol)
+            settled = moving & (largest_change(new, cur, relative) < tol_now)
         moving &= ~settled
         still = int(moving.sum())  # the one host sync of a step
         used, last = t + 1, t + 1 == steps
@@ -242,6 +246,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
         if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:
             keep = moving.nonzero().squeeze(1)
             rows, cur = rows[keep], [n.index_select(0, keep) for n in new]  # copies: the old buffers are left
+            tol_now = tol if tol_rows is None else tol_rows[rows]
             step = step.select(keep) if isinstance(step, ClosedFormPhase) else build(rows)
             moving = torch.ones(len(rows), dtype=torch.bool, device=x.device)
         else:

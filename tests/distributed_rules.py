@@ -19,8 +19,9 @@ class FailOnRank(EP):
 
     def __init__(self, T: int = 20, K: int = 8, betas: Sequence[float] = (0.0, 0.1), variant: str = "symmetric",
                  field_mode: str = "closed", tol: float | None = None, generator: torch.Generator | None = None,
-                 rank: int = 1, at_batch: int = 9, how: str = "raise", updates: str = "alternating") -> None:
-        super().__init__(T, K, betas, variant, field_mode, tol, generator, updates)
+                 rank: int = 1, at_batch: int = 9, how: str = "raise", updates: str = "alternating",
+                 adaptive_beta: bool = False) -> None:
+        super().__init__(T, K, betas, variant, field_mode, tol, generator, updates, adaptive_beta)
         self.rank, self.at_batch, self.how, self.calls = rank, at_batch, how, 0
 
     def compute_gradients(self, net, x, y):

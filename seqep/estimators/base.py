@@ -20,6 +20,7 @@ class StepOutput:
     output: Tensor  # (B, n_classes) free-phase output neurons
     free: RelaxResult
     phases: dict[str, RelaxResult] = field(default_factory=dict)  # nudged phases ("plus", "minus", ...)
+    kink_reruns: int = 0  # EP's adaptive_beta: examples whose ±β phases ran again at a smaller β (kinks)
 
 
 def mse_loss(output: Tensor, target: Tensor) -> Tensor:

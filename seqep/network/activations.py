@@ -35,6 +35,11 @@ ACTIVATION_RANGE: dict[str, tuple[float, float]] = {
 }
 
 
+# the states where an activation's slope jumps (its clamps): an EP nudge that takes a unit across one measures
+# neither side's slope (seqep.estimators.EP's `adaptive_beta` reruns such examples with a smaller β)
+ACTIVATION_KINKS: dict[str, tuple[float, float]] = {"my_hard_sig": (0.0, 1.0), "hard_sigmoid": (0.0, 1.0)}
+
+
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         return ACTIVATIONS[name]

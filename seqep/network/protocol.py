@@ -64,4 +64,5 @@ class Network(Protocol):
         """One step with fields from autograd of Φ (the oracle)."""
 
     def phi_grad_difference(self, x: Tensor, a: States, b: States, scale: float = 1.0, out=None) -> list[Tensor]:
-        """`scale · Σ_batch (∂Φ/∂θ(a) − ∂Φ/∂θ(b))` for every parameter, in `parameters()` order."""
+        """`scale · Σ_batch (∂Φ/∂θ(a) − ∂Φ/∂θ(b))` for every parameter, in `parameters()` order. (EP with
+        `adaptive_beta` passes HopfieldEPNet a `(B,)` scale, one per example; other networks get autograd of Φ.)"""

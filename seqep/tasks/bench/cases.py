@@ -68,7 +68,8 @@ def estimator(algorithm: str, T: int, K: int, path: str, st: Settings, truncate:
     """Symmetric EP or BPTT on `path`, at `precision` (None: the run's, `st.precision`), with exactly T and K
     synchronous steps (`tol=None`: EP's default settles, and what the rows time and their FLOPs count is T and K
     steps; synchronous: the old code's order, whose steps cost alike on every path)."""
-    est = (EP(T, K, betas=st.betas, variant="symmetric", field_mode=path, tol=None, updates="synchronous")
+    est = (EP(T, K, betas=st.betas, variant="symmetric", field_mode=path, tol=None, updates="synchronous",
+              adaptive_beta=False)
            if algorithm == "ep"
            else BPTT(T, K, truncate=truncate, field_mode=path))
     est.precision = st.precision if precision is None else precision
@@ -166,7 +167,7 @@ def bench_shape(name: str, shape: Shape, st: Settings, ceiling: float, memory: P
                 train_flops(net, algorithm, B, shape.T, shape.K), res)
     out: dict[str, Any] = {"shape": asdict(shape), "equivalence": check, "rows": rows}
     if st.tol is not None and shape.run_T is None:
-        est = EP(shape.T, shape.K, st.betas, tol=st.tol)
+        est = EP(shape.T, shape.K, st.betas, tol=st.tol, adaptive_beta=False)
         with torch.no_grad():
             res = measure({"tol": partial(est.free_phase, net, x)}, st.repeats, st.device, memory)["tol"]
             steps = est.free_phase(net, x).steps

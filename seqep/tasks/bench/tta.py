@@ -6,13 +6,15 @@ ways of running the same learning rule, on the run's own data (the default: rt_s
 The ways (`bench.tta_variants`, defined once in `VARIANTS` as config overrides on top of the run's config):
 
     autograd      the original algorithm as the old code ran it: fields by autograd of Φ, fixed T=20 and K=8 of
-                  synchronous steps (`FIXED`), the ±β phases one after the other (`algorithm.field_mode=autograd`)
+                  synchronous steps, one β for every example (`FIXED`), the ±β phases one after the other
+                  (`algorithm.field_mode=autograd`)
     closed        the same fixed steps with closed-form fields, ±β as one batch
     mixed         closed + `precision=bf16-mixed`: free phase and evaluation in bfloat16
     delta         closed + `precision=bf16-delta`: also the nudged phases' first-weight products in bfloat16, on
                   the deviation from the free state
-    settle-sync   per-example settling (EP's defaults for `tol` and the step caps T and K), synchronous steps
-    settle        the same in EP's default update order (`SETTLE`: alternating, `seqep.relax.UPDATES`)
+    settle-sync   per-example settling (EP's defaults for `tol` and the step caps T and K), synchronous steps, one
+                  β for every example (session 7's default)
+    settle        EP's defaults (`SETTLE`): settling in alternating order (`seqep.relax.UPDATES`)
     settle+mixed  settle + bf16-mixed
     settle+delta  settle + bf16-delta
 
@@ -42,14 +44,16 @@ from seqep.errors import SeqepError
 from seqep.estimators import EP
 
 # the old code's way: SPEC §8's T and K, every step synchronous
-FIXED = {"algorithm.tol": None, "algorithm.T": 20, "algorithm.K": 8, "algorithm.updates": "synchronous"}
-SETTLE = {f"algorithm.{k}": inspect.signature(EP).parameters[k].default for k in ("tol", "T", "K", "updates")}
+FIXED = {"algorithm.tol": None, "algorithm.T": 20, "algorithm.K": 8, "algorithm.updates": "synchronous",
+         "algorithm.adaptive_beta": False}
+SETTLE = {f"algorithm.{k}": inspect.signature(EP).parameters[k].default
+          for k in ("tol", "T", "K", "updates", "adaptive_beta")}
 VARIANTS: dict[str, dict[str, Any]] = {
     "autograd": {**FIXED, "algorithm.field_mode": "autograd"},
     "closed": FIXED,
     "mixed": {**FIXED, "precision": "bf16-mixed"},
     "delta": {**FIXED, "precision": "bf16-delta"},
-    "settle-sync": {**SETTLE, "algorithm.updates": "synchronous"},
+    "settle-sync": {**SETTLE, "algorithm.updates": "synchronous", "algorithm.adaptive_beta": False},
     "settle": SETTLE,
     "settle+mixed": {**SETTLE, "precision": "bf16-mixed"},
     "settle+delta": {**SETTLE, "precision": "bf16-delta"},
