@@ -205,7 +205,12 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     rows = torch.arange(B, device=x.device)  # the examples the phase runs on
     beta_rows = beta if isinstance(beta, Tensor) and beta.ndim > 0 else None
     tol_rows = tol if isinstance(tol, Tensor) and tol.ndim > 0 else None
-    tol_now = tol  # the tolerance of the rows the phase runs on
+
+    def tolerance(rows):  # what the settling test compares with on `rows` (pairs: the first halves' tolerances)
+        if tol_rows is None:
+            return tol
+        picked = tol_rows[rows]
+        return picked[:len(picked) // 2] if pair_tol is not None else picked
 
     def build(idx):  # the phase of some examples (None: all, as given)
         pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
@@ -216,13 +221,14 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
                         around, updates)
 
     step, cur = build(None), list(states)  # phases never write their start states
+    tol_now = tolerance(rows)
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
     n_moving, used = B, 0
     for t in range(steps):
         new = step(cur)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
             half_diff, common = pair_change(new, cur, relative)
-            both = (half_diff < (tol_now if tol_rows is None else tol_now[:len(half_diff)])) & (common < pair_tol)
+            both = (half_diff < tol_now) & (common < pair_tol)
             settled = moving & torch.cat([both, both])
         else:
             settled = moving & (largest_change(new, cur, relative) < tol_now)
@@ -246,7 +252,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
         if n_moving <= COMPACT_AT * len(rows) and t + 1 < steps:
             keep = moving.nonzero().squeeze(1)
             rows, cur = rows[keep], [n.index_select(0, keep) for n in new]  # copies: the old buffers are left
-            tol_now = tol if tol_rows is None else tol_rows[rows]
+            tol_now = tolerance(rows)
             step = step.select(keep) if isinstance(step, ClosedFormPhase) else build(rows)
             moving = torch.ones(len(rows), dtype=torch.bool, device=x.device)
         else:

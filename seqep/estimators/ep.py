@@ -62,7 +62,7 @@ class EP(Estimator):
     layer cosine 0.95 however long the phases run). `updates="alternating"` (`seqep.relax.UPDATES`) updates the
     even layers and then the odd ones from their new states: the same equilibria (EP needs nothing else) in about
     0.6 times the steps. `adaptive_beta` gives the two kinds of example where a fixed β₂ misleads a smaller one:
-    a slow example (β₂·median/its free steps, `example_betas`) and, in symmetric EP, one whose ±β phases straddle
+    a slow example (β₂·10/its free steps past 10, `example_betas`) and, in symmetric EP, one whose ±β phases straddle
     an activation kink (rerun at β₂/10, then β₂/100: `kink_crossings`); each example's gradient is divided by its
     own β. The paper presets set the old code's T, K and β, `tol: null`, `updates: synchronous`,
     `adaptive_beta: false`."""
