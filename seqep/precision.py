@@ -54,14 +54,23 @@ LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
 LOW_RESOLUTION = 2.0**-7
 
 
+def resolution(dtype: torch.dtype) -> float:
+    """The smallest state change a phase in `dtype` can tell from rounding noise: `LOW_RESOLUTION` for bfloat16
+    (relative to max(1, |s|)), 2 machine epsilons otherwise (two roundings of a state near 1). Larger states round
+    more coarsely (the attention blocks' reach ~5-8 on trained weights), so an example asking for a tol this
+    small may run to its step cap; only the few that need it ask: EP's tiny-β nudges (`adaptive_beta`'s kink
+    reruns at β₂/100: with the floor at 32 eps their phases stopped after 3 steps, and one example's gradient
+    was 80 % off; at 2 eps, 3 %)."""
+    return LOW_RESOLUTION if dtype == LOW_DTYPE else 2 * torch.finfo(dtype).eps
+
+
 def settle_tol(tol: float | torch.Tensor | None, dtype: torch.dtype) -> float | torch.Tensor | None:
     """A per-example settling tolerance a phase in `dtype` can meet: `tol`, but never below what the dtype can
-    show: `LOW_RESOLUTION` for bfloat16, 32 machine epsilons otherwise (states reach ~8 in magnitude, where one
-    rounding of float32 is 4 eps; `tol·β` of EP's nudged phases with a small tol would otherwise never be met).
+    show (`resolution`; `tol·β` of EP's nudged phases with a small tol would otherwise never be met).
     A tensor (one tolerance per example) is floored element by element."""
     if tol is None:
         return None
-    floor = LOW_RESOLUTION if dtype == LOW_DTYPE else 32 * torch.finfo(dtype).eps
+    floor = resolution(dtype)
     if isinstance(tol, torch.Tensor):
         return tol.clamp_min(floor)
     return max(float(tol), floor)

@@ -104,10 +104,11 @@ def test_probe_cosine_near_one_and_grads_restored():
     assert all(torch.equal(p.grad, torch.ones_like(p)) for p in net.parameters())
 
 
-def test_probe_reference_is_bptt_from_the_settled_free_state_whatever_the_estimators_T():
-    """The probe's BPTT settles its free phase before its K graph steps, so a short T (an unsettled estimator, or a
-    slowly creeping example) does not move the reference: it equals K synchronous steps with a graph from a
-    2000-step free state, and the plain T + K steps from zero would not."""
+def test_probe_reference_is_bptt_from_the_settled_free_state_in_the_limit_whatever_the_estimators_T_and_K():
+    """The probe's BPTT settles its free phase, then sums recurrent backpropagation until it converged, so a short T
+    (an unsettled estimator, or a slowly creeping example) and a short K do not move the reference: it equals
+    1000 synchronous steps with a graph from a 2000-step free state, and neither the plain T + K steps from zero
+    nor K steps from the settled state would."""
     from seqep.diagnostics import _gradients, probe_reference
     from seqep.estimators import BPTT
     from seqep.estimators.base import mse_loss
@@ -118,18 +119,21 @@ def test_probe_reference_is_bptt_from_the_settled_free_state_whatever_the_estima
     est = EP(3, 3, [0.0, 0.1], tol=None)
     with torch.no_grad():
         settled = relax(net, x, net.init_states(6, dtype=x.dtype), 2000).states
-    with torch.enable_grad():
-        end = relax(net, x, settled, 3).states
-        want = torch.autograd.grad(mse_loss(net.output(end), one_hot(y, net.n_classes, x.dtype)),
-                                   list(net.parameters()), allow_unused=True)
-    want = [torch.zeros_like(p) if w is None else w for p, w in zip(net.parameters(), want)]
+
+    def bptt_from_settled(steps):
+        with torch.enable_grad():
+            end = relax(net, x, settled, steps).states
+            grads = torch.autograd.grad(mse_loss(net.output(end), one_hot(y, net.n_classes, x.dtype)),
+                                        list(net.parameters()), allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(net.parameters(), grads)]
+
+    want, short = bptt_from_settled(1000), bptt_from_settled(3)
     got = _gradients(probe_reference(est), net, x, y)
     plain = _gradients(BPTT(3 + 3, 3), net, x, y)
-    for (name, _), w in zip(net.named_parameters(), want):
-        torch.testing.assert_close(got[name], w, rtol=1e-6, atol=1e-10)
-    gap = max(float((plain[n] - w).norm() / w.norm()) for (n, _), w in zip(net.named_parameters(), want)
-              if w.norm() > 0)
-    assert gap > 1e-2, gap
+    names = [n for n, _ in net.named_parameters()]
+    gap = lambda other: max(float((other[i] - w).norm() / w.norm()) for i, w in enumerate(want) if w.norm() > 0)
+    assert gap([got[n] for n in names]) < 2e-5, gap([got[n] for n in names])  # 6e-6: the adjoint converges to 1e-6
+    assert gap([plain[n] for n in names]) > 1e-2 and gap(short) > 1e-2, (gap([plain[n] for n in names]), gap(short))
 
 
 def test_epoch_averager():
