@@ -197,3 +197,27 @@ def test_a_bptt_run_is_probed_with_settling_ep_whatever_its_T():
     worst = lambda metrics, key: max(v for k, v in metrics.items() if k.startswith(key))
     assert m["ep/probe/cos_min"] > 0.9999 > short["cos_min"], (m, short)
     assert worst(m, "ep/probe/rel_err/") < 0.03 < 0.1 < worst(short, "rel_err/"), (m, short)
+
+
+def test_the_probe_counts_the_examples_at_a_kink_and_measures_the_others_apart():
+    """An example whose output unit sits just below the hard sigmoid's kink (its field -0.005, lifted over it by
+    the +β nudge only) gets a gradient from EP and none from BPTT; the probe counts it (`ep/probe/kink_examples`)
+    and reports the agreement over the other examples (`ep/probe/smooth/cos_min`), which it does not spoil."""
+    from seqep.diagnostics import kink_straddles, probe
+
+    net = small_net("sentiment")
+    x, y = small_input(net, B=6)
+    y[:] = y[0]  # one class, so one bias sets example 0's unit without lifting the others over the kink
+    out = net.dense[-1]
+    with torch.no_grad():
+        free = relax(net, x, net.init_states(6, dtype=x.dtype), 3000).states
+        unit = int(y[0])
+        out.bias[unit] -= free[-2][0] @ out.weight[unit] + out.bias[unit] + 5e-3
+    est = EP(500, 500, [0.0, 0.02], tol=1e-9)
+    straddle = kink_straddles(net, est.compute_gradients(net, x, y))
+    assert straddle[0] and not straddle.all(), straddle
+    metrics = probe(net, est, x, y, f64=False)
+    assert metrics["ep/probe/kink_examples"] == float(straddle.sum())
+    assert metrics["ep/probe/cos_min"] < 0.99 < 0.9999 < metrics["ep/probe/smooth/cos_min"], metrics
+    clean = probe(net, est, x[~straddle], y[~straddle], f64=False)  # without them: no kink, and the two agree
+    assert clean["ep/probe/kink_examples"] == 0.0 and clean["ep/probe/smooth/cos_min"] == clean["ep/probe/cos_min"]
