@@ -198,9 +198,9 @@ def kink_straddles(net: Network, out: StepOutput) -> Tensor | None:
     with some unit on different sides of a kink of the activation (`seqep.estimators.ep.kink_crossings`); None
     where there is nothing to compare or no kink. There EP's finite β measures a secant across the kink, not the
     slope on either side: a unit clamped at the hard sigmoid's floor in the free phase and lifted by one nudge
-    gets a gradient from EP and none from BPTT (one such example of 64 took the default run's probe to 0.87 at
-    epoch 11). That is also what lets EP revive an output unit that is dead for every example; a rule that
-    removes it (`adaptive_beta`'s kink reruns) left a run at chance."""
+    gets a gradient from EP and none from BPTT (one such example of 64 took a default run's probe to 0.63), which
+    is also what lets EP revive an output unit that is dead for every example; a unit inside the range that one
+    nudge pushes out gets half its slope (`adaptive_beta` reruns those at a smaller β)."""
     from seqep.estimators.ep import kink_crossings
 
     phases = out.phases

@@ -65,14 +65,9 @@ def test_per_example_tolerances_stop_each_row_at_its_own():
     assert steps[0] < steps[2] < steps[1] and rows.settled.all()
 
 
-def test_an_output_unit_just_below_its_kink_is_rerun_at_a_smaller_beta():
-    """Example 0's output unit of its own class sits 0.005 below the hard sigmoid's kink at 0 (the bias set so):
-    the +β nudge lifts it over the kink, the −β one does not, and symmetric EP's difference measures neither
-    slope. adaptive_beta finds it (its ±β states on different sides), reruns it at β/10, and its gradient then
-    matches BPTT's from the free equilibrium; plain EP's does not."""
-    from seqep.diagnostics import _gradients, probe_reference
-    from seqep.estimators.ep import kink_crossings
-
+def _unit_at_kink(offset: float):
+    """A one-example sentiment net whose output unit of its own class has the field `offset` at equilibrium (the
+    bias set so): below the hard sigmoid's kink at 0 for offset < 0 (clamped), just inside it for offset > 0."""
     net = small_net("sentiment")
     x, y = small_input(net, B=1)
     out = net.dense[-1]
@@ -80,15 +75,53 @@ def test_an_output_unit_just_below_its_kink_is_rerun_at_a_smaller_beta():
         free = relax(net, x, net.init_states(1, dtype=x.dtype), 3000).states
         unit = int(y[0])
         field = free[-2][0] @ out.weight[unit] + out.bias[unit]
-        out.bias[unit] -= field + 5e-3  # that unit's field: -0.005; its state stays 0, so nothing else moves
+        out.bias[unit] -= field - offset  # only that unit's state moves (by offset/2 at most), nothing else
         free2 = relax(net, x, net.init_states(1, dtype=x.dtype), 3000).states
-    assert float(free2[-1][0, unit]) == 0.0
+    return net, x, y, float(free2[-1][0, unit])
+
+
+def _errors(net, x, y, *estimators):
+    from seqep.diagnostics import _gradients, probe_reference
+
+    reference = _gradients(probe_reference(estimators[0]), net, x, y)
+    error = lambda g: max(float((g[k] - r).norm() / r.norm()) for k, r in reference.items() if r.norm() > 0)
+    return [error(_gradients(e, net, x, y)) for e in estimators]
+
+
+def test_an_output_unit_just_inside_its_kink_is_rerun_at_a_smaller_beta():
+    """Example 0's output unit of its own class sits 0.005 inside the hard sigmoid's kink at 0 (its state
+    0.0025): the −β nudge pushes it out of the range, the +β one does not, and symmetric EP's difference halves a
+    slope BPTT sees. adaptive_beta finds it (its ±β states on different sides, the unit inside in the free
+    phase), reruns it at β/10, and its gradient then matches BPTT's from the free equilibrium; plain EP's does
+    not."""
+    from seqep.estimators.ep import kink_crossings
+
+    net, x, y, state = _unit_at_kink(+5e-3)
+    assert 0.0 < state < 0.01
     plain = EP(500, 500, [0.0, 0.02], tol=1e-9, adaptive_beta=False)
     adaptive = EP(500, 500, [0.0, 0.02], tol=1e-9, adaptive_beta=True)
     result = plain.compute_gradients(net, x, y)
-    assert kink_crossings(net, result.phases["plus"].states, result.phases["minus"].states).tolist() == [True]
+    plus, minus = result.phases["plus"].states, result.phases["minus"].states
+    assert kink_crossings(net, plus, minus).tolist() == kink_crossings(net, plus, minus, result.free.states).tolist() \
+        == [True]
     assert adaptive.compute_gradients(net, x, y).kink_reruns == 1
-    reference = _gradients(probe_reference(plain), net, x, y)
-    error = lambda g: max(float((g[k] - r).norm() / r.norm()) for k, r in reference.items() if r.norm() > 0)
-    errors = error(_gradients(plain, net, x, y)), error(_gradients(adaptive, net, x, y))
+    errors = _errors(net, x, y, plain, adaptive)
     assert errors[0] > 0.1 > 0.01 > errors[1], errors
+
+
+def test_a_unit_clamped_in_the_free_phase_and_lifted_by_a_nudge_is_left_to_eps_secant():
+    """The same unit 0.005 below the kink (clamped at 0 in the free phase): +β lifts it, −β does not. BPTT gives
+    it no gradient, EP's secant one — what revives an output unit dead for every example — so adaptive_beta does
+    not rerun it (`kink_crossings` with the free states), and its gradient stays EP's."""
+    from seqep.estimators.ep import kink_crossings
+
+    net, x, y, state = _unit_at_kink(-5e-3)
+    assert state == 0.0
+    plain = EP(500, 500, [0.0, 0.02], tol=1e-9, adaptive_beta=False)
+    adaptive = EP(500, 500, [0.0, 0.02], tol=1e-9, adaptive_beta=True)
+    result = plain.compute_gradients(net, x, y)
+    plus, minus = result.phases["plus"].states, result.phases["minus"].states
+    assert kink_crossings(net, plus, minus).tolist() == [True]
+    assert kink_crossings(net, plus, minus, result.free.states).tolist() == [False]
+    assert adaptive.compute_gradients(net, x, y).kink_reruns == 0
+    assert min(_errors(net, x, y, plain, adaptive)) > 0.1

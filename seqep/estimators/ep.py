@@ -34,20 +34,26 @@ KINK_ROUNDS = 2  # adaptive_beta: at most β₂/100 for an example whose ±β ph
 KINK_SHRINK = 10.0
 
 
-def kink_crossings(net: Network, plus, minus) -> Tensor | None:
+def kink_crossings(net: Network, plus, minus, free=None) -> Tensor | None:
     """`(B,)` bool: the examples with some dense unit on different sides of one of its activation's kinks
     (`ACTIVATION_KINKS`, e.g. the hard sigmoid's clamps at 0 and 1) in `plus` and in `minus`; None for a network
-    or activation without kinks. Such a unit's ±β difference measures neither side's slope: on the default run's
-    epoch-13 weights one output unit 0.0004 below its kink made the probe's output-layer cosine 0.874 (at β₂/100:
-    exact to 1e-8)."""
+    or activation without kinks. Such a unit's ±β difference measures neither side's slope. With `free` (the free
+    states), only units strictly between the kinks there: a nudge pushed one of them out of the range, so EP's
+    secant underestimates a slope BPTT sees. A unit clamped in the free phase and lifted by one nudge is another
+    matter: BPTT gives it no gradient, EP's secant does, and that secant is what revives a unit clamped for every
+    example (an output unit dead at initialisation: rerunning those too left seed 2 of the default run at chance,
+    as BPTT stays)."""
     kinks = ACTIVATION_KINKS.get(getattr(net, "activation", None)) if isinstance(net, HopfieldEPNet) else None
     if kinks is None:
         return None
     low, high = kinks
     side = lambda s: (s <= low).to(torch.int8) - (s >= high).to(torch.int8)
     rows = torch.zeros(plus[0].shape[0], dtype=torch.bool, device=plus[0].device)
-    for a, b in zip(plus[1:], minus[1:]):  # the dense layers (states[0]: the projections, no kinks)
-        rows |= (side(a) != side(b)).flatten(1).any(1)
+    for i, (a, b) in enumerate(zip(plus[1:], minus[1:]), start=1):  # the dense layers (0: projections, no kinks)
+        crossed = side(a) != side(b)
+        if free is not None:
+            crossed &= (free[i] > low) & (free[i] < high)
+        rows |= crossed.flatten(1).any(1)
     return rows
 
 
@@ -63,9 +69,9 @@ class EP(Estimator):
     even layers and then the odd ones from their new states: the same equilibria (EP needs nothing else) in about
     0.6 times the steps. `adaptive_beta` gives the two kinds of example where a fixed β₂ misleads a smaller one:
     a slow example (β₂·10/its free steps past 10, `example_betas`) and, in symmetric EP, one whose ±β phases straddle
-    an activation kink (rerun at β₂/10, then β₂/100: `kink_crossings`); each example's gradient is divided by its
-    own β. The paper presets set the old code's T, K and β, `tol: null`, `updates: synchronous`,
-    `adaptive_beta: false`."""
+    an activation kink with a unit that was inside the range in the free phase (rerun at β₂/10, then β₂/100:
+    `kink_crossings`); each example's gradient is divided by its own β. The paper presets set the old code's T, K
+    and β, `tol: null`, `updates: synchronous`, `adaptive_beta: false`."""
 
     def __init__(self, T: int = 100, K: int = 40, betas: Sequence[float] = (0.0, 0.02), variant: str = "symmetric",
                  field_mode: str = "closed", tol: float | None = 2e-3, generator: torch.Generator | None = None,
@@ -164,14 +170,15 @@ class EP(Estimator):
 
     def _symmetric(self, net, x, s0, target, drive, keys, beta):
         """The ±β phases; with `adaptive_beta`, the examples whose two phases end with some dense unit on
-        different sides of one of the activation's kinks (`kink_crossings`) run them again at β/`KINK_SHRINK`, up
-        to `KINK_ROUNDS` times, from s⁰ again (both phases from the same start, so what they leave unsettled
-        cancels in their difference; warm starts cost accuracy and time). Returns the phases, the β of each
+        different sides of one of the activation's kinks, a unit that was between the kinks in the free phase
+        (`kink_crossings` with `s0`), run them again at β/`KINK_SHRINK`, up to `KINK_ROUNDS` times, from s⁰
+        again (both phases from the same start, so what they leave unsettled cancels in their difference; warm
+        starts cost accuracy and time). Returns the phases, the β of each
         example and how many were run again."""
         plus, minus = self._pair(net, x, s0, target, drive, keys, beta)
         reruns = 0
         for _ in range(KINK_ROUNDS if self.adaptive_beta else 0):
-            rows = kink_crossings(net, plus.states, minus.states)
+            rows = kink_crossings(net, plus.states, minus.states, s0)
             if rows is None or not bool(rows.any()):
                 break
             idx = rows.nonzero().squeeze(1)
