@@ -17,6 +17,8 @@ The ways (`bench.tta_variants`, defined once in `VARIANTS` as config overrides o
     settle        EP's defaults (`SETTLE`): settling in alternating order (`seqep.relax.UPDATES`)
     settle+mixed  settle + bf16-mixed
     settle+delta  settle + bf16-delta
+    settle+adaptive  settle + `algorithm.adaptive_beta=true` (a smaller β for slow examples and for a unit a nudge
+                  pushes out of the activation's range; README "Settling")
 
 Everything else (β, the model, the optimizer, the data) is the run's own, so every way runs the same learning
 rule.
@@ -57,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "settle": SETTLE,
     "settle+mixed": {**SETTLE, "precision": "bf16-mixed"},
     "settle+delta": {**SETTLE, "precision": "bf16-delta"},
+    "settle+adaptive": {**SETTLE, "algorithm.adaptive_beta": True},
 }
 
 
