@@ -32,6 +32,7 @@ def test_default_config_is_spec_default_model():
     a = cfg.algorithm
     assert (a._target_, a.variant, a.T, a.K, list(a.betas), a.tol) == ("seqep.estimators.EP", "symmetric", 100, 40,
                                                                       [0.0, 0.02], 2e-3)
+    assert (a.updates, a.adaptive_beta) == ("alternating", True)
     o = cfg.optimizer
     assert (o._target_, o._partial_, o.lrs, o.lr, o.eps, o.fused) == ("torch.optim.Adam", True, None, 1e-3, 1e-8, True)
     s = cfg.scheduler
@@ -84,6 +85,7 @@ def test_paper_snli_reproduces_the_readme_command():
     a = cfg.algorithm
     assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 60, 30, [0.0, 0.5])
     assert cfg.trainer.epochs == 50 and cfg.trainer.limit_train_batches is None
+    assert (a.tol, a.updates, a.adaptive_beta) == (None, "synchronous", False)  # the old code's fixed steps, one β
     assert "GoogleNews" in cfg.dataset.vectors
 
 
@@ -101,6 +103,7 @@ def test_paper_imdb_reproduces_the_readme_command():
     a = cfg.algorithm
     assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 50, 25, [0.0, 0.1])
     assert cfg.trainer.epochs == 50
+    assert (a.tol, a.updates, a.adaptive_beta) == (None, "synchronous", False)
     assert "GoogleNews" in cfg.dataset.vectors
 
 

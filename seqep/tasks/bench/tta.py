@@ -14,11 +14,12 @@ The ways (`bench.tta_variants`, defined once in `VARIANTS` as config overrides o
                   the deviation from the free state
     settle-sync   per-example settling (EP's defaults for `tol` and the step caps T and K), synchronous steps, one
                   β for every example (session 7's default)
-    settle        EP's defaults (`SETTLE`): settling in alternating order (`seqep.relax.UPDATES`)
+    settle        EP's defaults (`SETTLE`): settling in alternating order (`seqep.relax.UPDATES`), a smaller β
+                  for slow examples and for a unit a nudge pushes out of the activation's range (`adaptive_beta`)
     settle+mixed  settle + bf16-mixed
     settle+delta  settle + bf16-delta
-    settle+adaptive  settle + `algorithm.adaptive_beta=true` (a smaller β for slow examples and for a unit a nudge
-                  pushes out of the activation's range; README "Settling")
+    settle-onebeta  settle with `algorithm.adaptive_beta=false`: β₂ for every example (the default before
+                  session 11)
 
 Everything else (β, the model, the optimizer, the data) is the run's own, so every way runs the same learning
 rule.
@@ -59,7 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "settle": SETTLE,
     "settle+mixed": {**SETTLE, "precision": "bf16-mixed"},
     "settle+delta": {**SETTLE, "precision": "bf16-delta"},
-    "settle+adaptive": {**SETTLE, "algorithm.adaptive_beta": True},
+    "settle-onebeta": {**SETTLE, "algorithm.adaptive_beta": False},
 }
 
 
