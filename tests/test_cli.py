@@ -114,7 +114,7 @@ def test_missing_data_files(tmp_path):
 
 def test_wrong_number_of_learning_rates(tmp_path):
     proc = run_cli("optimizer.lrs=[0.001,0.001]", tmp_path=tmp_path)
-    assert_one_line_error(proc, "optimizer.lrs has 2 values but model 'sentiment' with fc=[128, 2] has 3 "
+    assert_one_line_error(proc, "optimizer.lrs has 2 values but model 'sentiment' with fc=[256, 2] has 3 "
                                 "synapses: give one learning rate per synapse, projections first: [proj, fc1, fc2]")
 
 

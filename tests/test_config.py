@@ -28,16 +28,17 @@ def test_default_config_is_spec_default_model():
     assert (cfg.task, cfg.seed, cfg.device, cfg.dtype) == ("train", 0, "auto", "float32")
     assert cfg.dataset._target_ == "seqep.data.RtSnippets" and cfg.dataset.batch_size == 64
     assert cfg.model._target_ == "seqep.network.HopfieldEPNet" and cfg.model.kind == "sentiment"
-    assert list(cfg.model.fc) == [128, 2] and cfg.model.activation == "my_hard_sig" and cfg.model.attn_scale is None
+    assert list(cfg.model.fc) == [256, 2] and cfg.model.activation == "my_hard_sig" and cfg.model.attn_scale is None
     a = cfg.algorithm
     assert (a._target_, a.variant, a.T, a.K, list(a.betas), a.tol) == ("seqep.estimators.EP", "symmetric", 100, 40,
                                                                       [0.0, 0.02], 2e-3)
     assert (a.updates, a.adaptive_beta) == ("alternating", True)
     o = cfg.optimizer
     assert (o._target_, o._partial_, o.lrs, o.lr, o.eps, o.fused) == ("torch.optim.Adam", True, None, 1e-3, 1e-8, True)
+    assert o.weight_decay == 1e-4
     s = cfg.scheduler
     assert (s._target_, s.interval, s.T_max, s.eta_min) == ("torch.optim.lr_scheduler.CosineAnnealingLR", "epoch",
-                                                            100, 1e-5)
+                                                            30, 1e-5)
     assert list(cfg.logger) == ["wandb"] and cfg.name == "ep_rt_snippets"
     assert cfg.checkpoint.load is None and cfg.trainer.limit_train_batches is None
 
@@ -86,6 +87,7 @@ def test_paper_snli_reproduces_the_readme_command():
     assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 60, 30, [0.0, 0.5])
     assert cfg.trainer.epochs == 50 and cfg.trainer.limit_train_batches is None
     assert (a.tol, a.updates, a.adaptive_beta) == (None, "synchronous", False)  # the old code's fixed steps, one β
+    assert cfg.optimizer.weight_decay == 0.0
     assert "GoogleNews" in cfg.dataset.vectors
 
 
@@ -104,6 +106,7 @@ def test_paper_imdb_reproduces_the_readme_command():
     assert (a._target_, a.variant, a.T, a.K, list(a.betas)) == ("seqep.estimators.EP", "symmetric", 50, 25, [0.0, 0.1])
     assert cfg.trainer.epochs == 50
     assert (a.tol, a.updates, a.adaptive_beta) == (None, "synchronous", False)
+    assert cfg.optimizer.weight_decay == 0.0
     assert "GoogleNews" in cfg.dataset.vectors
 
 
@@ -123,7 +126,7 @@ def test_misspelt_key_or_wrong_type_fails_naming_the_key(override, key):
 
 @pytest.mark.parametrize("overrides, message", [
     (["optimizer.lrs=[1e-3,1e-3]"],
-     "optimizer.lrs has 2 values but model 'sentiment' with fc=[128, 2] has 3 synapses: give one learning rate "
+     "optimizer.lrs has 2 values but model 'sentiment' with fc=[256, 2] has 3 synapses: give one learning rate "
      "per synapse, projections first: [proj, fc1, fc2]"),
     (["model=nli", "dataset=synth_nli", "optimizer.lrs=[1e-3]"],
      "optimizer.lrs has 1 value but model 'nli' with fc=[400, 3] has 6 synapses: give one learning rate per "
