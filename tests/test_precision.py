@@ -22,7 +22,7 @@ from seqep.training.builders import build_estimator
 
 from conftest import compose_cfg, make_cfg, read_csv
 
-# The default model (model=sentiment fc [128, 2], EP with its default settling, β=0.02) on synthetic data of the
+# The default model (model=sentiment, fc [256, 2], EP with its default settling, β=0.02) on synthetic data of the
 # default data's shape (L=48, d=50): trained a few epochs in the mixed mode, as `python run.py precision=bf16-mixed`
 # would.
 DEFAULT_SHAPE = ["dataset=synth_sentiment", "dataset.seq_len=48", "dataset.embed_dim=50", "dataset.n_train=1024",
