@@ -46,3 +46,27 @@ def skip_plots(request, monkeypatch):
     """Figures cost ~1 s of matplotlib per run: off unless the test is marked `figures`."""
     if request.node.get_closest_marker("figures") is None:
         monkeypatch.setattr("seqep.tasks.train._plot", lambda rows, run_dir: {})
+
+
+@pytest.fixture
+def fast_bf16(monkeypatch):
+    """bfloat16 runs as such whatever the CPU (slowly where it is emulated), its fallback warnings fresh."""
+    import seqep.precision as precision
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device_type: True)
+    monkeypatch.setattr(precision, "_WARNED", set())
+
+
+def bf16_fidelities(net, x, y) -> dict[str, dict[str, float]]:
+    """Per bfloat16 mode (`seqep.precision.BF16_FREE`): EP's gradient in that mode against a float64 EP gradient
+    on the same weights and batch (`seqep.diagnostics.precision_fidelity`: `ep/probe/f64/...` metrics)."""
+    import seqep.precision as precision
+    from seqep.diagnostics import precision_fidelity
+    from seqep.estimators import EP
+
+    out = {}
+    for mode in precision.BF16_FREE:
+        est = EP()
+        est.precision = mode
+        out[mode] = precision_fidelity(net, est, x, y)
+    return out

@@ -70,12 +70,12 @@ def test_run_bench_writes_json_with_positive_numbers(tmp_path):
     assert summary["data_parallel/tiny/2_workers/samples_per_s"] == parallel[1]["samples_per_s"]
 
 
-def test_bench_times_the_other_precisions_at_precision_shapes(tmp_path, monkeypatch):
+@pytest.mark.usefixtures("fast_bf16")
+def test_bench_times_the_other_precisions_at_precision_shapes(tmp_path):
     """bench.precision_shapes=[tiny]: closed free phase and EP step also in both bfloat16 modes (made available
     here whatever the CPU), with their ratio over fp32 in bench.json and the summary; rows carry their precision."""
     import seqep.precision
 
-    monkeypatch.setattr(seqep.precision, "fast_bf16", lambda device_type: True)
     summary = run_bench(bench_cfg("bench.precision_shapes=[tiny]", "bench.memory_T=[]", "bench.tol=null"), tmp_path)
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["phase"], r["algorithm"], r["path"], r["precision"]) for r in report["rows"]}

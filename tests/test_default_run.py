@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from seqep import precision
-from seqep.diagnostics import precision_fidelity
-from seqep.estimators import EP
 from seqep.tasks.train import build_trainer
 from seqep.training.checkpoint import load_weights
 
-from conftest import ROOT, compose_cfg, read_csv
+from conftest import ROOT, bf16_fidelities, compose_cfg, read_csv
 
 EPOCHS = 3
 
@@ -59,6 +56,7 @@ def test_the_default_run_settles_and_its_ep_gradient_tracks_bptt_at_every_epoch(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_bf16")
 def test_both_bf16_modes_keep_ep_gradient_within_cosine_0999_of_float64_on_the_default_runs_weights(
         default_run, monkeypatch):
     """Issue 13, point 2, on the default model trained three epochs on the default data: a bfloat16 free phase
@@ -66,8 +64,6 @@ def test_both_bf16_modes_keep_ep_gradient_within_cosine_0999_of_float64_on_the_d
     keeps the EP gradient within cosine 0.999 of a float64 EP gradient on every tensor, for each of two
     validation batches of 64. bfloat16 runs as such here whatever the CPU (emulated where it is not fast)."""
     run_dir, data = default_run
-    monkeypatch.setattr(precision, "fast_bf16", lambda device_type: True)
-    monkeypatch.setattr(precision, "_WARNED", set())
     monkeypatch.setenv("SEQEP_DATA", str(data))
     trainer = build_trainer(compose_cfg("logger=none", "dataset.eval_batch_size=64"), run_dir / "inspect")
     load_weights(trainer.net, run_dir / "checkpoints" / "last.pt")
@@ -76,9 +72,6 @@ def test_both_bf16_modes_keep_ep_gradient_within_cosine_0999_of_float64_on_the_d
     for _ in range(2):
         x, y = next(batches)
         assert x.shape[0] == 64
-        for mode in precision.BF16_FREE:
-            est = EP()
-            est.precision = mode
-            m = precision_fidelity(trainer.net, est, x, y)
+        for mode, m in bf16_fidelities(trainer.net, x, y).items():
             assert all(m[f"ep/probe/f64/cos/{n}"] >= 0.999 for n in names), (mode, m)
             assert m["ep/probe/f64/rel_err_max"] < 0.05, (mode, m)

@@ -20,7 +20,7 @@ from seqep.tasks.train import build_trainer
 from seqep.training import checkpoint as ckpt
 from seqep.training.builders import build_estimator
 
-from conftest import compose_cfg, make_cfg, read_csv
+from conftest import bf16_fidelities, compose_cfg, make_cfg, read_csv
 
 # The default model (model=sentiment, fc [256, 2], EP with its default settling, β=0.02) on synthetic data of the
 # default data's shape (L=48, d=50): trained a few epochs in the mixed mode, as `python run.py precision=bf16-mixed`
@@ -30,11 +30,7 @@ DEFAULT_SHAPE = ["dataset=synth_sentiment", "dataset.seq_len=48", "dataset.embed
                  "trainer.progress=false", "trainer.probe_every=0", "trainer.diagnostics_every=0"]
 
 
-@pytest.fixture(autouse=True)
-def fast_bf16(monkeypatch):
-    """bf16-mixed runs as such whatever the CPU (slowly where bfloat16 is emulated); warnings fresh per test."""
-    monkeypatch.setattr(precision, "fast_bf16", lambda device_type: True)
-    monkeypatch.setattr(precision, "_WARNED", set())
+pytestmark = pytest.mark.usefixtures("fast_bf16")  # bf16 runs as such whatever the CPU (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +94,6 @@ def test_a_rule_of_ones_own_gets_the_precision_and_a_foreign_one_is_refused():
 def test_bf16_delta_gives_the_nudged_phases_a_bfloat16_first_weight_on_the_closed_path_only(monkeypatch):
     from seqep.network import HopfieldEPNet
 
-    monkeypatch.setattr(precision, "fast_bf16", lambda device_type: True)
     net = HopfieldEPNet("sentiment", 6, 5, [7, 2])
     x = torch.randn(4, 6, 5)
     seen = []
@@ -149,10 +144,8 @@ def test_mixed_ep_gradient_keeps_cosine_to_float64_on_every_tensor(trained):
     model, in both bfloat16 modes; all-bf16 EP is far worse, so the check can tell."""
     net, x, y = trained
     names = [n for n, _ in net.named_parameters()]
-    for mode in precision.BF16_FREE:  # bf16-delta: also the nudged phases' first-weight products on the deviation
-        mixed = EP()
-        mixed.precision = mode
-        m = precision_fidelity(net, mixed, x, y)
+    # bf16-delta: also the nudged phases' first-weight products on the deviation
+    for mode, m in bf16_fidelities(net, x, y).items():
         assert {f"ep/probe/f64/cos/{n}" for n in names} <= set(m) and "ep/probe/f64/rel_err_max" in m
         assert all(m[f"ep/probe/f64/cos/{n}"] >= 0.999 for n in names), (mode, m)
         assert m["ep/probe/f64/cos_min"] >= 0.999 and m["ep/probe/f64/rel_err_max"] < 0.05, (mode, m)

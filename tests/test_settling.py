@@ -162,12 +162,12 @@ def test_ep_with_tol_settles_the_nudged_phases_and_keeps_the_gradient():
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-9)
 
 
-def test_a_bfloat16_free_phase_settles_to_what_bfloat16_can_show(monkeypatch):
+@pytest.mark.usefixtures("fast_bf16")  # bfloat16 runs anywhere, if slowly
+def test_a_bfloat16_free_phase_settles_to_what_bfloat16_can_show():
     """bf16-mixed: a tol below bfloat16's resolution could never be met (every example would run to the cap); the
     bfloat16 free phase settles to `LOW_RESOLUTION` instead, the float32 nudged phases to `tol·β`."""
     import seqep.precision as precision
 
-    monkeypatch.setattr(precision, "fast_bf16", lambda kind: True)  # bfloat16 runs anywhere, if slowly
     net = small_net("sentiment", dtype=torch.float32)
     x, y = small_input(net, B=16, dtype=torch.float32)
     est = EP(T=300, K=300, betas=[0.0, 0.05], tol=1e-4)
