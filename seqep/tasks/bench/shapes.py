@@ -31,8 +31,8 @@ class Shape:
 SHAPES = {
     "snli": Shape("nli", 25, 300, (400, 3), T=60, K=30, batch=32),
     "imdb": Shape("sentiment", 600, 300, (1000, 40, 2), T=50, K=25, batch=8, run_T=4, run_K=2),
-    "default": Shape("sentiment", 48, 50, (128, 2), T=20, K=8, batch=64),  # SPEC §8's model, as the reference
-    # timings below were taken; the default *run* trains fc 256 since session 11 (conf/model/sentiment.yaml)
+    "default": Shape("sentiment", 48, 50, (128, 2), T=20, K=8, batch=64),  # SPEC §8's model, the one the
+    # README's per-step `default` rows were measured with; the default *run* trains fc 256 (conf/model/sentiment.yaml)
     "tiny": Shape("nli", 3, 8, (6, 3), T=6, K=3, batch=4),  # tests
 }
 # SPEC.md §6-7: the old code's seconds per relaxation step at its batch size, on 2 cores whose fp32 matmul
