@@ -172,3 +172,20 @@ def test_a_subclass_describes_itself():
         pass
 
     assert Halved(T=5, K=2).describe() == "Halved symmetric T=5 K=2 betas=[0.0, 0.02]"
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])
+@pytest.mark.parametrize("make", [lambda path: EP(6, 3, betas=[0.0, 0.05], field_mode=path),
+                                  lambda path: BPTT(6, 3, field_mode=path)], ids=["ep", "bptt"])
+@pytest.mark.parametrize("path", ["closed", "autograd"])
+def test_gradients_are_laid_out_as_their_parameters(kind, make, path):
+    # CUDA's fused Adam/AdamW (the default optimizer) refuse a gradient whose strides differ from its parameter's
+    # ("must have same dtype, device, and layout", seen on an H200); autograd returns the projection weights'
+    # gradients transposed, and the CPU kernels accept that silently, so only this checks it here.
+    net = small_net(kind, dtype=torch.float32)
+    x, y = small_input(net, dtype=torch.float32)
+    make(path).compute_gradients(net, x, y)
+    bad = {n: (p.stride(), p.grad.stride()) for n, p in net.named_parameters() if p.grad.stride() != p.stride()}
+    assert not bad, bad
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # and the fused step takes them
+    opt.step()

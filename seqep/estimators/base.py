@@ -29,8 +29,17 @@ def mse_loss(output: Tensor, target: Tensor) -> Tensor:
 
 
 def set_grads(net: Network, grads) -> None:
+    """`p.grad = g` for every parameter, each gradient laid out as its parameter (same strides). Autograd may
+    return a transposed one (the projection weight's: it enters the attention as `Wᵀ`), which CUDA's fused
+    optimizers (`fused: true`, the default) refuse: "params, grads, exp_avgs, and exp_avg_sqs must have same
+    dtype, device, and layout" (seen on an H200, torch 2.11; the CPU kernels accept any strides)."""
     for p, g in zip(net.parameters(), grads):
-        p.grad = torch.zeros_like(p) if g is None else g.detach()
+        if g is None:
+            p.grad = torch.zeros_like(p)
+        elif g.stride() == p.stride():
+            p.grad = g.detach()
+        else:
+            p.grad = torch.empty_like(p).copy_(g.detach())  # empty_like keeps p's strides
 
 
 def grads_by_name(net: Network) -> dict[str, Tensor]:
