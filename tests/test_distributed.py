@@ -20,7 +20,7 @@ from seqep.config import validate
 from seqep.errors import SeqepError
 from seqep.tasks import dispatch
 from seqep.training import checkpoint as ckpt
-from seqep.training.distributed import World
+from seqep.training.distributed import World, cuda_index
 
 from conftest import ROOT, TINY, TRAIN, compose_cfg, make_cfg
 
@@ -42,6 +42,15 @@ def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     for name in a:
         err = (a[name] - b[name]).abs().max().item()
         assert err <= atol, f"{name}: max |difference| {err:.3g} > {atol:g}"
+
+
+def test_every_cuda_worker_gets_a_gpu_index():
+    # torch.cuda.set_device("cuda") raises "Expected a torch.device with a specified index" (seen on an H200: the
+    # bench's one-worker row with device=cuda); a worker of a group takes its local rank's GPU
+    assert cuda_index("cuda", World()) == 0
+    assert cuda_index("cuda:1", World()) == 1
+    two = World(rank=1, size=2, local_rank=1, local_size=2)
+    assert cuda_index("cuda", two) == 1 % max(torch.cuda.device_count(), 1)
 
 
 def test_shares_are_disjoint_and_cover_every_batch():

@@ -126,6 +126,13 @@ def worker_device(device: str, world: World) -> str:
     return f"cuda:{world.local_rank % max(count, 1)}"
 
 
+def cuda_index(device: str, world: World) -> int:
+    """The GPU index a CUDA worker takes (`torch.cuda.set_device` needs one): its `worker_device`'s, and for a
+    group of one (the bench's one-worker row, `device=cuda`) the index written in `device`, else 0."""
+    index = torch.device(worker_device(device, world)).index
+    return 0 if index is None else index
+
+
 def backend_for(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
@@ -141,7 +148,7 @@ def check_devices(devices: int, device: str) -> None:
 def _init(world: World, device: str, init_method: str) -> None:
     global _WORLD
     if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(worker_device(device, world)))
+        torch.cuda.set_device(cuda_index(device, world))
     dist.init_process_group(backend_for(device), init_method=init_method, rank=world.rank,
                             world_size=world.size, timeout=TIMEOUT)
     _WORLD = world
