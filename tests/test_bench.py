@@ -250,3 +250,20 @@ def test_time_to_accuracy_runs_every_variant_and_seed_and_ranks_them(tmp_path):
     with pytest.raises(SeqepError, match="bench.tta_variants: unknown 'fast'"):
         run_bench(bench_cfg("bench.shapes=[]", "bench.memory_T=[]", "bench.workers=[]", *TINY,
                             "bench.tta_target=0.5", "bench.tta_variants=[fast]"), tmp_path)
+
+
+def test_paths_agree_leaves_out_tensors_the_nudge_has_not_reached():
+    # three synchronous nudged steps reach back only to the first dense layer (as at the IMDB shape's K=2, the
+    # last two layers): the four projections' gradients are exactly 0 on the closed path and float64 rounding on
+    # the autograd path, a relative difference of 1.0 that said nothing yet was the "worst single tensor" of an
+    # H200 bench
+    from seqep.tasks.bench.cases import Settings, check_paths_agree
+    from seqep.tasks.bench.shapes import Shape
+
+    st = Settings(device=torch.device("cpu"), dtype=torch.float32, precision="fp32", repeats=1, betas=(0.0, 0.02),
+                  tol=None, seed=0, optimizer={})
+    net, x, y = build(Shape("nli", 3, 8, (6, 5, 3), T=6, K=3, batch=4), st)
+    near = check_paths_agree(net, x, y, 6, 3, st)
+    assert near["ok"] and near["zero_grad_tensors"] == 4 and near["worst_tensor_rel_grad_diff"] < 1e-9
+    deep = check_paths_agree(net, x, y, 6, 6, st)  # six steps reach every layer
+    assert deep["ok"] and deep["zero_grad_tensors"] == 0 and deep["worst_tensor_rel_grad_diff"] < 1e-9

@@ -116,7 +116,9 @@ def print_report(report: dict[str, Any]) -> None:
         eq = shape["equivalence"]
         console.print(f"paths agree at {name} in float64: {'yes' if eq['ok'] else 'NO'} (max |Δstate| "
                       f"{eq['max_abs_state_diff']:.1e}, rel Δgrad {eq['rel_grad_diff']:.1e}; tolerance "
-                      f"{eq['tolerance']:g}; worst single tensor {eq['worst_tensor_rel_grad_diff']:.1e})")
+                      f"{eq['tolerance']:g}; worst single tensor {eq['worst_tensor_rel_grad_diff']:.1e}"
+                      + (f", {eq['zero_grad_tensors']} tensor(s) with ~0 gradient on both paths left out"
+                         if eq.get("zero_grad_tensors") else "") + ")")
         if "early_stop" in shape:
             es = shape["early_stop"]
             console.print(f"early stop at {name}: tol {es['tol']:g} used {es['steps_used']} of {es['T']} free "
