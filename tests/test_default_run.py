@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,26 @@ def test_both_bf16_modes_keep_ep_gradient_within_cosine_0999_of_float64_on_the_d
         for mode, m in bf16_fidelities(trainer.net, x, y).items():
             assert all(m[f"ep/probe/f64/cos/{n}"] >= 0.999 for n in names), (mode, m)
             assert m["ep/probe/f64/rel_err_max"] < 0.05, (mode, m)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_dry_runs_on_the_cpu(default_run, tmp_path):
+    """scripts/gpu_check.sh (docs/benchmarks.md's GPU numbers) in its CPU dry run, training part: tf32 is refused
+    on the CPU in one line, bf16-mixed trains an epoch whose settling and probe columns the summary prints, and
+    every log is packed for the trip back."""
+    _, data = default_run
+    env = {**os.environ, "QUICK": "1", "DEVICE": "cpu", "PARTS": "train", "PY": sys.executable,
+           "SEQEP_DATA": str(data), "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "error: precision=tf32 needs a CUDA device" in out and "=== train_tf32: rc 2" in out
+    assert "=== train_bf16-mixed: rc 0" in out
+    (line,) = [x for x in out.split("=== summary", 1)[1].splitlines() if " epoch 1 " in x]
+    cos = float(line.split("probe/cos_min=")[1].split()[0])
+    assert 0.99 <= cos <= 1 and "free/frac_unsettled=" in line
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("logs/train_bf16-mixed.log") for n in names)
+    assert any(n.endswith("metrics.jsonl") for n in names) and not any(n.endswith(".pt") for n in names)
