@@ -245,11 +245,24 @@ def test_time_to_accuracy_runs_every_variant_and_seed_and_ranks_them(tmp_path):
     assert [t["variant"] for t in tta["table"]] == ["autograd", "closed", "settle"]
     assert len(tta["runs"]) == 6 and all(r["epochs"] == 1 and r["seconds"] > 0 for r in tta["runs"])
     assert all(t["reached"] == 2 and t["median_s"] > 0 for t in tta["table"])
-    assert tta["table"][0]["speedup_vs_autograd"] == 1.0
+    assert tta["table"][0]["speedup_vs_autograd"] == 1.0 and tta["warmup_batches"] == 2
     assert summary["tta/closed/speedup_vs_autograd"] == tta["table"][1]["speedup_vs_autograd"] > 0
     with pytest.raises(SeqepError, match="bench.tta_variants: unknown 'fast'"):
         run_bench(bench_cfg("bench.shapes=[]", "bench.memory_T=[]", "bench.workers=[]", *TINY,
                             "bench.tta_target=0.5", "bench.tta_variants=[fast]"), tmp_path)
+
+
+def test_the_warm_up_before_timing_changes_no_run():
+    from seqep.tasks.bench import tta
+
+    from conftest import TINY
+
+    cfg = bench_cfg(*TINY, "algorithm.T=6", "algorithm.K=3")
+    names = ["autograd", "settle+mixed"]
+    curves = lambda: [[c["val_acc"] for c in r["curve"]] for r in tta.time_to_accuracy(cfg, names, 1, 2.0, 2)]
+    cold = curves()  # target 2.0: never reached, so both run their 2 epochs
+    tta.warm_up(cfg, names, 1)
+    assert curves() == cold and all(len(c) == 2 for c in cold)
 
 
 def test_paths_agree_leaves_out_tensors_the_nudge_has_not_reached():
