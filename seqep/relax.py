@@ -70,15 +70,14 @@ def largest_change(new: States, old: States, relative: bool = False) -> Tensor:
     return torch.stack([c.abs_().amax(1) for c in _layer_changes(new, old, relative)]).amax(0)
 
 
-def pair_change(new: States, old: States, relative: bool = False) -> tuple[Tensor, Tensor]:
+def pair_changes(new: States, old: States, relative: bool = False) -> Tensor:
     """For a batch of two halves (row i pairs with row i + B/2): per pair, the largest absolute change of the
-    half-difference `(a − b)/2` and of the mean `(a + b)/2` over every unit, each `(B/2,)`."""
-    halves, means = [], []
+    half-difference `(a − b)/2` (row 0) and of the mean `(a + b)/2` (row 1) over every unit, `(2, B/2)`."""
+    parts = []
     for change in _layer_changes(new, old, relative):
         first, second = change.chunk(2)
-        halves.append(torch.sub(first, second).abs_().amax(1))
-        means.append(torch.add(first, second).abs_().amax(1))
-    return torch.stack(halves).amax(0) / 2, torch.stack(means).amax(0) / 2
+        parts += [torch.sub(first, second).abs_().amax(1), torch.add(first, second).abs_().amax(1)]
+    return torch.stack(parts).view(-1, 2, parts[0].shape[0]).amax(0).mul_(0.5)
 
 
 def relax(
@@ -221,11 +220,15 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     beta_rows = beta if isinstance(beta, Tensor) and beta.ndim > 0 else None
     tol_rows = tol if isinstance(tol, Tensor) and tol.ndim > 0 else None
 
-    def tolerance(rows):  # what the settling test compares with on `rows` (pairs: the first halves' tolerances)
+    def tolerance(rows):  # what the settling test compares with on `rows`. Pairs: laid out as `pair_changes`,
+        # `(2, pairs)` or `(2, 1)`: the first halves' tolerances (the half-difference's) over `pair_tol` (the mean's)
+        picked = tol if tol_rows is None else tol_rows[rows]
+        if pair_tol is None:
+            return picked
         if tol_rows is None:
-            return tol
-        picked = tol_rows[rows]
-        return picked[:len(picked) // 2] if pair_tol is not None else picked
+            return x.new_tensor([[float(tol)], [float(pair_tol)]])
+        picked = picked[:len(picked) // 2].to(x.dtype)
+        return torch.stack([picked, torch.full_like(picked, pair_tol)])
 
     def build(idx):  # the phase of some examples (None: all, as given)
         pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
@@ -238,21 +241,20 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     step, cur = build(None), list(states)  # phases never write their start states
     tol_now, floor = tolerance(rows), resolution(x.dtype)
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
-    # the changes of the last two steps (pairs: of the half-difference and of the mean), over `rows` (pairs: over
-    # the first halves), oldest first: what `converged` estimates the contraction from
-    history = [x.new_full((B // 2 if pair_tol is not None else B,), float("inf")) for _ in range(4)]
+    # the changes of the last two steps, oldest first, over `rows` (pairs: `(2, pairs)`, the half-difference's
+    # and the mean's over the first halves): what `converged` estimates the contraction from
+    history = [x.new_full((2, B // 2) if pair_tol is not None else (B,), float("inf")) for _ in range(2)]
     n_moving, used = B, 0
     for t in range(steps):
         new = step(cur)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
-            half_diff, common = pair_change(new, cur, relative)
-            both = converged(half_diff, history[0], tol_now, floor) & converged(common, history[2], pair_tol, floor)
+            change = pair_changes(new, cur, relative)
+            both = converged(change, history[0], tol_now, floor).all(0)  # the half-difference's and the mean's
             settled = moving & torch.cat([both, both])
-            history = [history[1], half_diff, history[3], common]
         else:
             change = largest_change(new, cur, relative)
             settled = moving & converged(change, history[0], tol_now, floor)
-            history[:2] = [history[1], change]
+        history = [history[1], change]
         moving &= ~settled
         still = int(moving.sum())  # the one host sync of a step
         used, last = t + 1, t + 1 == steps
@@ -274,7 +276,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
             keep = moving.nonzero().squeeze(1)
             rows, cur = rows[keep], [n.index_select(0, keep) for n in new]  # copies: the old buffers are left
             pairs = keep[:len(keep) // 2] if pair_tol is not None else keep  # a pair's halves leave together
-            history = [h.index_select(0, pairs) for h in history]
+            history = [h.index_select(-1, pairs) for h in history]
             tol_now = tolerance(rows)
             step = step.select(keep) if isinstance(step, ClosedFormPhase) else build(rows)
             moving = torch.ones(len(rows), dtype=torch.bool, device=x.device)

@@ -45,7 +45,7 @@ def test_paired_phases_stop_together_once_their_difference_settled():
     """Symmetric EP's +β and −β phases of an example (rows i and i + B) stop together, once their half-difference
     (EP's gradient) moves less than `tol` and their mean less than `pair_tol`; each pair ends where a run of that
     pair alone ends."""
-    from seqep.relax import pair_change
+    from seqep.relax import pair_changes
 
     net = small_net("nli")
     x, y = small_input(net, B=7)
@@ -65,7 +65,7 @@ def test_paired_phases_stop_together_once_their_difference_settled():
             for a, b in zip(res.states, own.states):
                 torch.testing.assert_close(a[[i, i + 7]], b, rtol=0, atol=1e-12)
             # one step more moves the half-difference by about < tol and the mean by about < pair_tol
-            half_diff, common = pair_change(relax(net, two(x[[i]]), own.states, 1, beta[[i, i + 7]],
+            half_diff, common = pair_changes(relax(net, two(x[[i]]), own.states, 1, beta[[i, i + 7]],
                                                   two(target[[i]])).states, own.states)
             assert float(half_diff) < 1e-8 * 1.5 and float(common) < 1e-9 * 1.5
         # a looser pair_tol stops no later, and the unpaired run of the same rows stops each row on its own
