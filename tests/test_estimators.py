@@ -179,13 +179,19 @@ def test_a_subclass_describes_itself():
                                   lambda path: BPTT(6, 3, field_mode=path)], ids=["ep", "bptt"])
 @pytest.mark.parametrize("path", ["closed", "autograd"])
 def test_gradients_are_laid_out_as_their_parameters(kind, make, path):
-    # CUDA's fused Adam/AdamW (the default optimizer) refuse a gradient whose strides differ from its parameter's
-    # ("must have same dtype, device, and layout", seen on an H200); autograd returns the projection weights'
-    # gradients transposed, and the CPU kernels accept that silently, so only this checks it here.
+    # Autograd returns the projection weights' gradients with transposed strides. CUDA's fused Adam/AdamW (the
+    # default optimizer) refuse that ("must have same dtype, device, and layout", seen on an H200; pytorch#106951),
+    # and torch 2.13's CPU kernel silently reads the memory as if laid out like the parameter: it stepped every
+    # BPTT and autograd-path run's projection weight along the transposed gradient until session 13.
     net = small_net(kind, dtype=torch.float32)
     x, y = small_input(net, dtype=torch.float32)
     make(path).compute_gradients(net, x, y)
     bad = {n: (p.stride(), p.grad.stride()) for n, p in net.named_parameters() if p.grad.stride() != p.stride()}
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in net.parameters()]
+    for q, p in zip(plain, net.parameters()):
+        q.grad = p.grad.clone()
+    torch.optim.Adam(net.parameters(), lr=0.1, fused=True).step()
+    torch.optim.Adam(plain, lr=0.1, foreach=False).step()  # the per-tensor reference honours any strides
+    for (name, p), q in zip(net.named_parameters(), plain):
+        assert torch.allclose(p, q, atol=1e-6), (name, bad)
     assert not bad, bad
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # and the fused step takes them
-    opt.step()
