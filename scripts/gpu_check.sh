@@ -7,7 +7,7 @@
 #          every way of seqep/tasks/bench/tta.py)
 #   bench  the per-step bench: SNLI/IMDB/default shapes, precision rows, the old code's step, memory against T
 # Usage (from anywhere; paths are relative to the repository root):
-#   bash scripts/gpu_check.sh                       everything, in that order (~8 min on an H200)
+#   bash scripts/gpu_check.sh                       everything, in that order (~5 min on an H200)
 #   PARTS="tta bench" BUDGET=560 bash scripts/gpu_check.sh   some parts, all done within 560 s
 #   QUICK=1 DEVICE=cpu bash scripts/gpu_check.sh    a one-epoch dry run of every command on the CPU
 # Settings: DEVICE (cuda), PY (.venv/bin/python if there, else python3), OUT (outputs/gpu_check: runs.tar.gz with
