@@ -294,3 +294,32 @@ def test_the_fused_finite_check_names_what_holds_a_nan_or_inf():
     with torch.no_grad():
         net.synapses[1].bias[0] = float("nan")
     assert nonfinite(out, net) == "the weights (synapses.1.bias)" == nonfinite(None, net)
+
+
+def test_a_rule_that_writes_transposed_gradients_trains_as_one_that_does_not(tmp_path):
+    """The trainer lays every p.grad out as its parameter before the fused optimizer steps: torch 2.13's CPU fused
+    Adam reads a gradient's memory as if laid out like its parameter, so a rule of one's own that writes, say,
+    `g.T.contiguous().T` (autograd's layout for a weight used transposed) would otherwise step the transpose."""
+    from seqep.estimators import EP
+    from seqep.training.tracking import NullTracker
+    from seqep.utils import seed_everything
+
+    class Transposing(EP):  # the same gradients, every matrix in column-major memory
+        def compute_gradients(self, net, x, y):
+            out = super().compute_gradients(net, x, y)
+            for p in net.parameters():
+                if p.grad.ndim == 2:
+                    p.grad = p.grad.T.contiguous().T
+            return out
+
+    weights = []
+    for name, rule in (("plain", None), ("transposing", Transposing)):
+        seed_everything(0)
+        trainer = train.build_trainer(make_cfg(tmp_path / name, "trainer.limit_train_batches=3"), tmp_path / name)
+        if rule is not None:
+            trainer.estimator.__class__ = rule
+        assert trainer.optimizer.defaults["fused"]  # the default optimizer, as a run builds it
+        trainer.train_epoch(1, NullTracker(), "none")
+        weights.append({n: p.detach().clone() for n, p in trainer.net.named_parameters()})
+    for n in weights[0]:
+        assert torch.allclose(weights[0][n], weights[1][n], atol=1e-7), n

@@ -28,18 +28,19 @@ def mse_loss(output: Tensor, target: Tensor) -> Tensor:
     return 0.5 * ((output - target) ** 2).sum(1).mean()
 
 
+def laid_out_as(p: Tensor, g: Tensor) -> Tensor:
+    """`g` with `p`'s strides: `g` itself where they agree, else a copy. The fused Adam/AdamW that seqep uses by
+    default need it: torch 2.13's CPU kernel reads a gradient's memory as if it were laid out like its parameter
+    (a transposed gradient silently steps the weight along its transpose), and CUDA's refuses the mismatch
+    ("params, grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout", pytorch#106951).
+    Autograd returns the projection weight's gradient transposed (the weight enters the attention as `Wᵀ`)."""
+    return g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)  # empty_like keeps p's strides
+
+
 def set_grads(net: Network, grads) -> None:
-    """`p.grad = g` for every parameter, each gradient laid out as its parameter (same strides). Autograd may
-    return a transposed one (the projection weight's: it enters the attention as `Wᵀ`), which CUDA's fused
-    optimizers (`fused: true`, the default) refuse: "params, grads, exp_avgs, and exp_avg_sqs must have same
-    dtype, device, and layout" (seen on an H200, torch 2.11; the CPU kernels accept any strides)."""
+    """`p.grad = g` for every parameter (zeros for None), each laid out as its parameter (`laid_out_as`)."""
     for p, g in zip(net.parameters(), grads):
-        if g is None:
-            p.grad = torch.zeros_like(p)
-        elif g.stride() == p.stride():
-            p.grad = g.detach()
-        else:
-            p.grad = torch.empty_like(p).copy_(g.detach())  # empty_like keeps p's strides
+        p.grad = torch.zeros_like(p) if g is None else laid_out_as(p, g.detach())
 
 
 def grads_by_name(net: Network) -> dict[str, Tensor]:
