@@ -222,13 +222,12 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
 
     def tolerance(rows):  # what the settling test compares with on `rows`. Pairs: laid out as `pair_changes`,
         # `(2, pairs)` or `(2, 1)`: the first halves' tolerances (the half-difference's) over `pair_tol` (the mean's)
-        picked = tol if tol_rows is None else tol_rows[rows]
         if pair_tol is None:
-            return picked
+            return tol if tol_rows is None else tol_rows[rows]
         if tol_rows is None:
             return x.new_tensor([[float(tol)], [float(pair_tol)]])
-        picked = picked[:len(picked) // 2].to(x.dtype)
-        return torch.stack([picked, torch.full_like(picked, pair_tol)])
+        first = tol_rows[rows[:len(rows) // 2]].to(x.dtype)
+        return torch.stack([first, torch.full_like(first, pair_tol)])
 
     def build(idx):  # the phase of some examples (None: all, as given)
         pick = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqep.config import DEFAULT_INTERVAL, INTERVALS
 from seqep.errors import SeqepError
+from seqep.estimators.base import laid_out_as
 from seqep.network import Network
 
 # Arguments of optimizers and schedules that no class should get out of range (torch checks some, not all:
@@ -128,16 +129,29 @@ def param_groups(net: Network, lrs: list[float] | None) -> list[dict[str, Any]]:
 
 
 def build_optimizer(node: Any, net: Network) -> torch.optim.Optimizer:
-    """The optimizer's partial (`_partial_: true`) called with one parameter group per synapse."""
+    """The optimizer's partial (`_partial_: true`) called with one parameter group per synapse; before each step it
+    lays every gradient out as its parameter (`grads_laid_out`), whatever learning rule filled it."""
     node = _node(node)
     check_ranges(node, "optimizer")
     lrs = node.get("lrs")
     groups = param_groups(net, None if lrs is None else list(lrs))
     factory = build(node, "optimizer", drop=("lrs",), _partial_=True)
     try:
-        return factory(groups)
+        optimizer = factory(groups)
     except (ValueError, TypeError, RuntimeError) as err:
         raise SeqepError(_keyed("optimizer", node, err)) from None
+    optimizer.register_step_pre_hook(grads_laid_out)
+    return optimizer
+
+
+def grads_laid_out(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Step pre-hook: every `p.grad` laid out as `p` (`seqep.estimators.base.laid_out_as`; a copy only where the
+    strides differ). A learning rule of one's own may fill `p.grad` in any layout, and the fused Adam/AdamW of the
+    default configs would silently mis-step (CPU) or refuse (CUDA) a gradient laid out otherwise."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad = laid_out_as(p, p.grad)
 
 
 @dataclass

@@ -26,7 +26,6 @@ from seqep.data import DataBundle, iterate_batches
 from seqep.diagnostics import Diagnostics
 from seqep.errors import SeqepError
 from seqep.estimators import Estimator
-from seqep.estimators.base import laid_out_as
 from seqep.network import Network
 from seqep.training import checkpoint as ckpt
 from seqep.training.builders import Schedule
@@ -257,9 +256,6 @@ class Trainer:
                 raise nonfinite_error(what or "another worker's share of the batch", epoch, i, last_good,
                                       nan_advice(self.estimator))
             self.world.average_gradients(params, len(y), int(b_n))
-            for p in params:  # a learning rule of one's own may fill p.grad in any layout (`laid_out_as`)
-                if p.grad is not None:
-                    p.grad = laid_out_as(p, p.grad)
             before = self.diagnostics.snapshot(net) if self.world.main and self.diagnostics.due(i) else None
             self.optimizer.step()
             if self.schedule is not None and self.schedule.interval == "step":

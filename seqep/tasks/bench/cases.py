@@ -124,12 +124,12 @@ def check_paths_agree(net: HopfieldEPNet, x: torch.Tensor, y: torch.Tensor, T: i
         estimator("ep", T, K, p, st, precision="fp32").compute_gradients(net, x, y)
         grads[p] = [q.grad for q in net.parameters()]
     pairs = list(zip(*grads.values()))
-    grad_diff = (sum((a - b).norm() ** 2 for a, b in pairs) / sum(b.norm() ** 2 for _, b in pairs)).sqrt().item()
-    floor = ZERO_GRAD * max(b.norm().item() for _, b in pairs)
-    live = [(a, b) for a, b in pairs if max(a.norm().item(), b.norm().item()) > floor]
-    worst = max((((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in live), default=0.0)
+    diff, own, ref = (torch.stack(norms) for norms in zip(*[((a - b).norm(), a.norm(), b.norm()) for a, b in pairs]))
+    grad_diff = (diff.square().sum() / ref.square().sum()).sqrt().item()
+    live = torch.maximum(own, ref) > ZERO_GRAD * ref.max()
+    worst = (diff / ref.clamp_min(1e-30))[live].max().item() if live.any() else 0.0
     return {"dtype": "float64", "max_abs_state_diff": state_diff, "rel_grad_diff": grad_diff,
-            "worst_tensor_rel_grad_diff": worst, "zero_grad_tensors": len(pairs) - len(live), "tolerance": AGREE_TOL,
+            "worst_tensor_rel_grad_diff": worst, "zero_grad_tensors": int((~live).sum()), "tolerance": AGREE_TOL,
             "ok": state_diff <= AGREE_TOL and grad_diff <= AGREE_TOL}
 
 

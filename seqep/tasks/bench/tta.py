@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seqep.errors import SeqepError
 from seqep.estimators import EP
+from seqep.training.tracking import NullTracker
 
 # the old code's way: SPEC §8's T and K, every step synchronous
 FIXED = {"algorithm.tol": None, "algorithm.T": 20, "algorithm.K": 8, "algorithm.updates": "synchronous",
@@ -83,23 +84,29 @@ def variant_config(cfg: DictConfig, name: str, seed: int) -> DictConfig:
 WARMUP_BATCHES = 2  # untimed training batches (and evaluation batches) of each variant before any is timed
 
 
+def variant_trainer(cfg: DictConfig, name: str, seed: int, root: str, limit: int | None = None):
+    """A variant's trainer, built as a run of its own would be (seeded, then its weights drawn) in `root`/`name`;
+    `limit`: that many training and evaluation batches per epoch."""
+    from seqep.tasks.train import build_trainer
+    from seqep.utils import seed_everything
+
+    vc = variant_config(cfg, name, seed)
+    if limit is not None:
+        with open_dict(vc):
+            vc.trainer.limit_train_batches = vc.trainer.limit_eval_batches = limit
+    seed_everything(seed)
+    return build_trainer(vc, Path(root) / name)
+
+
 def warm_up(cfg: DictConfig, names: list[str], seed: int) -> None:
     """`WARMUP_BATCHES` batches of training and of evaluation of every variant on throw-away trainers, untimed: the
     first calls of a process pay for CUDA's context and cuBLAS handles, oneDNN's kernels and the allocator's first
     pages (on an H200 seed 0's first autograd epoch took 8.8-9.3 s against 7.0-8.1 s for seeds 1 and 2, which
     flattered every ratio to it). The timed trainers are built afresh and seeded as before, so they train exactly
     as without the warm-up."""
-    from seqep.tasks.train import build_trainer
-    from seqep.training.tracking import NullTracker
-    from seqep.utils import seed_everything
-
     with tempfile.TemporaryDirectory(prefix="seqep-tta-warmup-") as tmp:
         for name in names:
-            vc = variant_config(cfg, name, seed)
-            with open_dict(vc):
-                vc.trainer.limit_train_batches = vc.trainer.limit_eval_batches = WARMUP_BATCHES
-            seed_everything(seed)
-            trainer = build_trainer(vc, Path(tmp) / name)
+            trainer = variant_trainer(cfg, name, seed, tmp, limit=WARMUP_BATCHES)
             trainer.train_epoch(1, NullTracker(), "none (warm-up)")
             trainer.evaluate("val")
 
@@ -109,15 +116,10 @@ def time_to_accuracy(cfg: DictConfig, names: list[str], seed: int, target: float
     """Train every variant with one seed until validation accuracy >= `target`, epoch by epoch in turn (epoch 1
     of each, then epoch 2 of each still below it, ...): a machine whose speed drifts over minutes (a shared VM)
     then slows each variant's epochs alike. The timings, one dict per variant."""
-    from seqep.tasks.train import build_trainer
-    from seqep.training.tracking import NullTracker
-    from seqep.utils import seed_everything
-
     with tempfile.TemporaryDirectory(prefix="seqep-tta-") as tmp:
         trainers, runs = {}, {}
-        for name in names:  # each built as a run of its own would be: seeded, then its weights drawn
-            seed_everything(seed)
-            trainers[name] = build_trainer(variant_config(cfg, name, seed), Path(tmp) / name)
+        for name in names:
+            trainers[name] = variant_trainer(cfg, name, seed, tmp)
             runs[name] = {"variant": name, "seed": seed, "seconds": None, "epochs": None, "curve": []}
         for epoch in range(1, max_epochs + 1):
             for name in [n for n in names if runs[n]["epochs"] is None]:
