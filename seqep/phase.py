@@ -13,6 +13,11 @@ from seqep.network.model import _column, _is_zero
 from seqep.precision import LOW_DTYPE
 
 
+# `twin` first steps halve their products only for at least this many examples a half: at a few rows a product costs
+# the streaming of its weight, whatever the rows (default shape: 0.29 ms a step at 2 rows, 0.38 at 4)
+TWIN_MIN = 16
+
+
 class ClosedFormPhase:
     """Closed-form synchronous steps for one phase (fixed x, β, target) without autograd and without per-step
     allocation of the large tensors (SPEC.md §3); `relax` uses it under `torch.no_grad()`.
@@ -43,15 +48,20 @@ class ClosedFormPhase:
 
     def __init__(self, net: HopfieldEPNet, x: Tensor, beta: float | Tensor = 0.0, target: Tensor | None = None,
                  drive: Tensor | None = None, keys: tuple[Tensor, Tensor | None] | None = None,
-                 around: tuple[States, Tensor] | None = None, alternate: bool = False) -> None:
+                 around: tuple[States, Tensor] | None = None, alternate: bool = False, twin: bool = False) -> None:
         self.net = net
         keys, mask = net.keys(x) if keys is None else keys
         B, P, L, d = keys.shape
         self.blocks = (B * P, L, d)
         drive = net.input_drive(x) if drive is None else drive
         self.keys = keys.reshape(self.blocks)
-        self.scaled_keys_t = (net.attn_scale * self.keys).transpose(1, 2).contiguous()
-        self.drive_scores = torch.bmm(drive.reshape(self.blocks), self.scaled_keys_t)
+        # twin: the second half of the batch repeats the first (x, drive, keys), so its constants are copies
+        n = B * P // 2 if twin else B * P
+        twice = (lambda t: torch.cat([t, t])) if twin else (lambda t: t)
+        scaled_keys_t = (net.attn_scale * self.keys[:n]).transpose(1, 2).contiguous()
+        self.scaled_keys_t = twice(scaled_keys_t)
+        self.drive_scores = twice(torch.bmm(drive.reshape(self.blocks)[:n], scaled_keys_t))
+        self.twin = twin
         self.mask = None if mask is None else mask.reshape(B * P, 1, L)
         # what a step reads of the weights, bound once (a step is ~20 small kernels, where Python's lookups weigh)
         self.weights = [syn.weight for syn in net.dense]
@@ -68,6 +78,7 @@ class ClosedFormPhase:
             self.base_feedback = ref_h @ self.weights[0]  # (B, P·L·d)
             self.base_field = torch.addmm(self.biases[0], self.weights[0], self.ref_proj.T)  # (h, B)
         self._allocate(B)
+        self.first = True  # no step taken yet (`__call__`)
 
     def _allocate(self, B: int) -> None:
         """The per-batch work buffers, in the keys' dtype and device."""
@@ -112,45 +123,76 @@ class ClosedFormPhase:
         ...) from `states` and then the odd ones from the even layers' new states."""
         new, self.turn = self.buffers[self.turn], 1 - self.turn
         layers = range(len(new))
+        # The first step's shortcuts, the same numbers with fewer products (one check per phase): from all-zero
+        # states (the free phase) the products with them are zero and skipped (`zero`); from twin states (the
+        # ±β phases of symmetric EP start both from the free state) the projections and the first dense layer's
+        # input product are the same for both halves, so they are computed for the first half and copied (`twin`:
+        # the nudge reaches them only from the next step on)
+        zero = twin = False
+        if self.first and self.low_weight is None:
+            zero = not any(bool(s.any()) for s in states)
+            twin = (not zero and self.twin and len(states[0]) >= 2 * TWIN_MIN
+                    and all(torch.equal(*s.chunk(2)) for s in states))
+        self.first = False
         if self.alternate:
             for i in layers[0::2]:
-                self._update(i, states, states, new)
+                self._update(i, states, states, new, zero, twin)
             for i in layers[1::2]:
-                self._update(i, new, states, new)
+                self._update(i, new, states, new, twin=twin)
         else:
             for i in layers:
-                self._update(i, states, states, new)
+                self._update(i, states, states, new, zero, twin)
         return new
 
-    def _update(self, i: int, src: States, states: States, new: States) -> None:
+    def _update(self, i: int, src: States, states: States, new: States, zero: bool = False,
+                twin: bool = False) -> None:
         """Layer i's new state into `new[i]`, from its neighbours' states in `src` and its own in `states` (the
-        nudge's β(e_y − s_out)); layer 0 is the projections."""
+        nudge's β(e_y − s_out)); layer 0 is the projections. `zero`: every state in `src` is zero (the products
+        with them are skipped); `twin`: the second half of `src[0]` and `src[1]` repeats the first (their
+        products are taken for the first half and copied)."""
         weights = self.weights
         if i == 0:  # g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
-            if self.low_weight is None:
-                torch.mm(src[1], weights[0], out=self.feedback)
+            m = len(src[1]) // 2 if twin else None  # the examples computed (None: all)
+            b = None if m is None else m * self.net.n_proj  # their blocks
+            scores, attention = self.scores[:b], self.attention[:b]
+            if zero:  # g_P = drive: the scores are the drive's
+                scores.copy_(self.drive_scores)
             else:
-                torch.sub(src[1], self.ref_h, out=self.dev_h)
-                torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=self.feedback)
-            torch.baddbmm(self.drive_scores, self.feedback.view(self.blocks), self.scaled_keys_t, out=self.scores)
+                feedback = self.feedback[:m]
+                if self.low_weight is None:
+                    torch.mm(src[1][:m], weights[0], out=feedback)
+                else:
+                    torch.sub(src[1], self.ref_h, out=self.dev_h)
+                    torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=feedback)
+                torch.baddbmm(self.drive_scores[:b], feedback.view(-1, *self.blocks[1:]), self.scaled_keys_t[:b],
+                              out=scores)
             if self.mask is not None:
-                self.scores.masked_fill_(self.mask, torch.finfo(self.scores.dtype).min)
+                scores.masked_fill_(self.mask[:b], torch.finfo(scores.dtype).min)
             if self.probs is None:
-                torch.softmax(self.scores, dim=-1, out=self.attention)
+                torch.softmax(scores, dim=-1, out=attention)
             else:
-                self.attention.copy_(torch.softmax(self.scores, dim=-1, dtype=torch.float32, out=self.probs))
-            torch.bmm(self.attention, self.keys, out=new[0].view(self.blocks))
+                attention.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32, out=self.probs[:b]))
+            torch.bmm(attention, self.keys[:b], out=new[0].view(self.blocks)[:b])
+            if m is not None:
+                new[0][m:].copy_(new[0][:m])
             return
         # dense layer k = i - 1: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
         k, g = i - 1, self.fields_t[i - 1]
         prev = src[i - 1].flatten(1) if i == 1 else src[i - 1]
-        if k == 0 and self.low_weight is not None:
+        if zero:
+            g.copy_(self.biases[k].expand_as(g))
+        elif k == 0 and twin:
+            m = g.shape[1] // 2
+            torch.addmm(self.biases[0], weights[0], prev[:m].T, out=g[:, :m])
+            g[:, m:].copy_(g[:, :m])
+        elif k == 0 and self.low_weight is not None:
             torch.sub(prev, self.ref_proj, out=self.dev_proj)
             torch.add(self.base_field, self.low_weight @ self.dev_proj.T, out=g)
         else:
             torch.addmm(self.biases[k], weights[k], prev.T, out=g)
         if k + 1 < len(weights):
-            g.addmm_(weights[k + 1].T, src[i + 1].T)
+            if not zero:
+                g.addmm_(weights[k + 1].T, src[i + 1].T)
         elif self.nudge is not None:
             beta_target_t, beta_t = self.nudge
             g.add_(beta_target_t)

@@ -170,7 +170,7 @@ def alternating(step):
 
 
 def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys, around=None,
-             updates: str = "synchronous"):
+             updates: str = "synchronous", twin: bool = False):
     """One phase's step function, in the order `updates`: the old code's autograd of Φ (input drive included,
     rebuilt every step); without a graph, the closed-form engine with two reused state buffers for a HopfieldEPNet
     (seqep/phase.py; `around` as there); else the network's functional step (BPTT's graph steps, so autograd can go
@@ -178,7 +178,8 @@ def _stepper(net: Network, x: Tensor, beta, target, field_mode: str, drive, keys
     if field_mode == "autograd":
         step = partial(net.step_autograd, x, beta=beta, target=target, keys=keys)
     elif isinstance(net, HopfieldEPNet) and not torch.is_grad_enabled():
-        return ClosedFormPhase(net, x, beta, target, drive, keys, around, alternate=updates == "alternating")
+        return ClosedFormPhase(net, x, beta, target, drive, keys, around, alternate=updates == "alternating",
+                               twin=twin)
     else:
         drive = net.input_drive(x) if drive is None and hasattr(net, "input_drive") else drive
         step = partial(net.step, x, beta=beta, target=target, drive=drive, keys=keys)
@@ -235,7 +236,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
         # only the first build can make a ClosedFormPhase (it shrinks by `select`), the one stepper using `around`
         around = _around(states, delta_weight) if idx is None else None
         return _stepper(net, pick(x), b, pick(target), field_mode, pick(drive), (pick(keys[0]), pick(keys[1])),
-                        around, updates)
+                        around, updates, twin=pair_tol is not None)
 
     step, cur = build(None), list(states)  # phases never write their start states
     tol_now, floor = tolerance(rows), resolution(x.dtype)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqep.estimators import EP
-from seqep.phase import ClosedFormPhase
+from seqep.phase import TWIN_MIN, ClosedFormPhase
 from seqep.relax import relax
 
 from small_models import small_input, small_net
@@ -104,9 +104,75 @@ def test_alternating_steps_cost_what_synchronous_ones_do(monkeypatch):
             phase = ClosedFormPhase(net, x, alternate=updates == "alternating")
             monkeypatch.setattr(torch, "mm", counting)
             calls["mm"] = 0
-            s = net.init_states(4, dtype=x.dtype)
+            s = [torch.rand_like(t) for t in net.init_states(4, dtype=x.dtype)]  # not zero: no shortcut
             for _ in range(5):
                 s = phase(s)
             counts[updates] = calls["mm"]
             monkeypatch.setattr(torch, "mm", real)
     assert counts["synchronous"] == counts["alternating"] == 5
+
+
+class _CountRows:
+    """Counts the rows of every `torch.mm` / `torch.addmm` product with the first dense weight (the big ones)."""
+
+    def __init__(self, monkeypatch, weight):
+        self.rows, self.weight = [], weight
+        for name in ("mm", "addmm"):
+            monkeypatch.setattr(torch, name, self._wrap(getattr(torch, name)))
+
+    def _wrap(self, product):
+        def counted(*args, **kw):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if any(t is self.weight for t in tensors):
+                other = tensors[-1] if tensors[-1] is not self.weight else tensors[-2]
+                self.rows.append(other.shape[0] if other.shape[0] != self.weight.shape[1] else other.shape[1])
+            return product(*args, **kw)
+        return counted
+
+
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])
+@pytest.mark.parametrize("updates", ["synchronous", "alternating"])
+def test_a_first_step_from_zero_states_skips_the_products_with_them_and_changes_nothing(kind, updates, monkeypatch):
+    net = small_net(kind, mask_padding=True)
+    x, y = small_input(net, B=6)
+    x[:, -1] = 0.0
+    target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
+    zero = net.init_states(6, dtype=x.dtype)
+    with torch.no_grad():
+        want = (_by_hand if updates == "alternating" else (lambda n, *a: n.step(*a)))(net, x, zero, 0.3, target)
+        count = _CountRows(monkeypatch, net.dense[0].weight)
+        phase = ClosedFormPhase(net, x, 0.3, target, alternate=updates == "alternating")
+        got = [s.clone() for s in phase(zero)]
+        first = len(count.rows)
+        phase(got)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-13)
+    # the top-down product s_1 W is skipped; the bottom-up one too where it reads the zero projections
+    assert first == (1 if updates == "alternating" else 0) and len(count.rows) - first == 2, count.rows
+
+
+@pytest.mark.parametrize("updates", ["synchronous", "alternating"])
+def test_twin_halves_take_the_first_steps_big_products_once_and_change_nothing(updates, monkeypatch):
+    """Symmetric EP's ±β phases start both from the free state: the first step's projections and first dense
+    product are the same for both halves, taken for one half and copied (from `TWIN_MIN` examples a half)."""
+    net = small_net("sentiment")
+    B = 2 * TWIN_MIN
+    x, y = small_input(net, B=B // 2)
+    two = lambda t: torch.cat([t, t])
+    target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
+    beta = torch.cat([torch.full((B // 2,), 0.2), torch.full((B // 2,), -0.2)]).to(x.dtype)
+    g = torch.Generator().manual_seed(0)
+    start = [two(torch.rand(s.shape, generator=g, dtype=x.dtype)) for s in net.init_states(B // 2, dtype=x.dtype)]
+    apart = [s.clone() for s in start]
+    apart[1][-1] += 0.1  # one example of the second half differs: no shortcut
+    step = _by_hand if updates == "alternating" else (lambda n, *a: n.step(*a))
+    with torch.no_grad():
+        for states, halved in ((start, True), (apart, False)):
+            want = step(net, two(x), states, beta, two(target))
+            count = _CountRows(monkeypatch, net.dense[0].weight)
+            got = ClosedFormPhase(net, two(x), beta, two(target), alternate=updates == "alternating",
+                                  twin=True)(states)
+            for w, o in zip(want, got):
+                torch.testing.assert_close(o, w, rtol=0, atol=1e-13)
+            assert count.rows == ([B // 2] * 2 if halved else [B] * 2), count.rows
+            monkeypatch.undo()
