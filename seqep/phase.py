@@ -12,7 +12,6 @@ from seqep.network import HopfieldEPNet, States
 from seqep.network.model import _column, _is_zero
 from seqep.precision import LOW_DTYPE
 
-
 # `twin` first steps halve their products only for at least this many examples a half: at a few rows a product costs
 # the streaming of its weight, whatever the rows (default shape: 0.29 ms a step at 2 rows, 0.38 at 4)
 TWIN_MIN = 16
