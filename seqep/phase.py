@@ -126,9 +126,10 @@ class ClosedFormPhase:
         # states (the free phase) the products with them are zero and skipped (`zero`); from twin states (the
         # ±β phases of symmetric EP start both from the free state) the projections and the first dense layer's
         # input product are the same for both halves, so they are computed for the first half and copied (`twin`:
-        # the nudge reaches them only from the next step on)
+        # the nudge reaches them only from the next step on). On a CPU only: the checks read the states back, which
+        # costs an accelerator a host synchronisation, and there a product's cost is mostly its launch anyway
         zero = twin = False
-        if self.first and self.low_weight is None:
+        if self.first and self.low_weight is None and self.keys.device.type == "cpu":
             zero = not any(bool(s.any()) for s in states)
             twin = (not zero and self.twin and len(states[0]) >= 2 * TWIN_MIN
                     and all(torch.equal(*s.chunk(2)) for s in states))

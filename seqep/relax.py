@@ -202,7 +202,8 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     before the cap.
 
     `tol` may be one number per row `(B,)` (EP's `adaptive_beta`: each example settles to `tol·β` of its own β).
-    `pair_tol`: the batch is two halves of the same examples (symmetric EP's +β and −β phases); row i and row
+    `pair_tol`: the batch is two halves of the same examples (symmetric EP's +β and −β phases: the same x; when
+    they start from the same states too, the engine's first step takes their shared products once); row i and row
     i + B/2 stop together, once the largest change of their half-difference is below `tol` (row i's) and that of their
     mean below `pair_tol`. EP's gradient is the difference of the two, so it needs `tol` there, while what the
     free phase left unsettled moves both halves alike: it only has to settle as far as the free phase did."""
