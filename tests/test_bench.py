@@ -246,6 +246,9 @@ def test_time_to_accuracy_runs_every_variant_and_seed_and_ranks_them(tmp_path):
     assert len(tta["runs"]) == 6 and all(r["epochs"] == 1 and r["seconds"] > 0 for r in tta["runs"])
     assert all(t["reached"] == 2 and t["median_s"] > 0 for t in tta["table"])
     assert tta["table"][0]["speedup_vs_autograd"] == 1.0 and tta["warmup_batches"] == 2
+    seconds = {(r["variant"], r["seed"]): r["seconds"] for r in tta["runs"]}
+    assert tta["table"][0]["seed_speedups"] == [1.0, 1.0]
+    assert tta["table"][2]["seed_speedups"] == [seconds["autograd", s] / seconds["settle", s] for s in (0, 1)]
     assert summary["tta/closed/speedup_vs_autograd"] == tta["table"][1]["speedup_vs_autograd"] > 0
     with pytest.raises(SeqepError, match="bench.tta_variants: unknown 'fast'"):
         run_bench(bench_cfg("bench.shapes=[]", "bench.memory_T=[]", "bench.workers=[]", *TINY,
@@ -263,6 +266,26 @@ def test_the_warm_up_before_timing_changes_no_run():
     cold = curves()  # target 2.0: never reached, so both run their 2 epochs
     tta.warm_up(cfg, names, 1)
     assert curves() == cold and all(len(c) == 2 for c in cold)
+
+
+def test_variants_taking_their_batches_in_turn_train_as_runs_of_their_own(tmp_path):
+    from seqep.tasks.bench import tta
+    from seqep.training.tracking import NullTracker
+
+    from conftest import TINY
+
+    cfg = bench_cfg(*TINY, "algorithm.T=6", "algorithm.K=3")
+    names = ["autograd", "settle", "settle+mixed"]
+    timed = {r["variant"]: r for r in tta.time_to_accuracy(cfg, names, 1, 2.0, 2)}  # never reached: 2 epochs each
+    for name in names:
+        alone, curve = tta.variant_trainer(cfg, name, 1, str(tmp_path)), []
+        for epoch in (1, 2):
+            alone.train_epoch(epoch, NullTracker(), "none")
+            curve.append(alone.evaluate("val")["val/acc"])
+            alone.end_epoch_schedule()
+        assert [c["val_acc"] for c in timed[name]["curve"]] == curve, name
+        seconds = [c["seconds"] for c in timed[name]["curve"]]
+        assert 0 < seconds[0] < seconds[1] and timed[name]["seconds"] is None, seconds
 
 
 def test_paths_agree_leaves_out_tensors_the_nudge_has_not_reached():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -233,6 +234,19 @@ class Trainer:
         return progress
 
     def train_epoch(self, epoch: int, tracker: Tracker, last_good: str) -> dict[str, float]:
+        """One epoch of training: `train/loss`, `train/acc`, `train/tie_rate`."""
+        batches = self.train_batches(epoch, tracker, last_good)
+        while True:
+            try:
+                next(batches)
+            except StopIteration as done:
+                return done.value
+
+    def train_batches(self, epoch: int, tracker: Tracker, last_good: str
+                      ) -> Generator[int, None, dict[str, float]]:
+        """`train_epoch` one batch at a time: yields each batch's number once it has been trained on (the
+        optimizer stepped), and returns the epoch's stats (`StopIteration.value`). The time-to-accuracy bench
+        takes several runs' batches in turn, so that a machine whose speed drifts slows them alike."""
         s, net = self.settings, self.net
         limit = s.limit_train_batches
         total = math.ceil(len(self.data.train) / self.feed.batch_size)
@@ -272,6 +286,7 @@ class Trainer:
             if s.log_every and i % s.log_every == 0:
                 tracker.log_batch((epoch - 1) * total + i, {"train/loss": b_loss / b_n,
                                                             "train/acc": b_correct / b_n}, epoch=epoch)
+            yield i
         bar.close()
         if n == 0:
             raise SeqepError("no training batches: the train split is empty or trainer.limit_train_batches=0")

@@ -132,13 +132,14 @@ def print_report(report: dict[str, Any]) -> None:
     if report.get("time_to_accuracy"):
         tta = report["time_to_accuracy"]
         table = Table("variant", "overrides", "reached", "median s", "median epochs", "vs autograd",
-                      title=f"time to validation accuracy {tta['target']:g} (seeds {tta['seeds']}, at most "
-                            f"{tta['max_epochs']} epochs)")
+                      "seed by seed", title=f"time to validation accuracy {tta['target']:g} (seeds {tta['seeds']}, "
+                                            f"at most {tta['max_epochs']} epochs)")
         for t in tta["table"]:
             table.add_row(t["variant"], " ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "(the run's)",
                           f"{t['reached']}/{t['runs']}", "–" if t["median_s"] is None else f"{t['median_s']:.1f}",
                           "–" if t["median_epochs"] is None else f"{t['median_epochs']:g}",
-                          "–" if t["speedup_vs_autograd"] is None else f"{t['speedup_vs_autograd']:.2f}x")
+                          "–" if t["speedup_vs_autograd"] is None else f"{t['speedup_vs_autograd']:.2f}x",
+                          " ".join("–" if r is None else f"{r:.2f}x" for r in t.get("seed_speedups", [])))
         console.print(table)
     if report.get("data_parallel"):
         par = Table("shape", "workers", "threads each", "s / step", "samples/s", "vs 1 worker",
