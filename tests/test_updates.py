@@ -151,13 +151,15 @@ def test_a_first_step_from_zero_states_skips_the_products_with_them_and_changes_
     assert first == (1 if updates == "alternating" else 0) and len(count.rows) - first == 2, count.rows
 
 
+@pytest.mark.parametrize("kind", ["sentiment", "nli"])  # nli: two projection blocks per example
 @pytest.mark.parametrize("updates", ["synchronous", "alternating"])
-def test_twin_halves_take_the_first_steps_big_products_once_and_change_nothing(updates, monkeypatch):
+def test_twin_halves_take_the_first_steps_big_products_once_and_change_nothing(kind, updates, monkeypatch):
     """Symmetric EP's ±β phases start both from the free state: the first step's projections and first dense
     product are the same for both halves, taken for one half and copied (from `TWIN_MIN` examples a half)."""
-    net = small_net("sentiment")
+    net = small_net(kind, mask_padding=True)
     B = 2 * TWIN_MIN
     x, y = small_input(net, B=B // 2)
+    x[:, -1] = 0.0  # a padding token, so the mask has something to mask
     two = lambda t: torch.cat([t, t])
     target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
     beta = torch.cat([torch.full((B // 2,), 0.2), torch.full((B // 2,), -0.2)]).to(x.dtype)
