@@ -249,6 +249,7 @@ def test_time_to_accuracy_runs_every_variant_and_seed_and_ranks_them(tmp_path):
     seconds = {(r["variant"], r["seed"]): r["seconds"] for r in tta["runs"]}
     assert tta["table"][0]["seed_speedups"] == [1.0, 1.0]
     assert tta["table"][2]["seed_speedups"] == [seconds["autograd", s] / seconds["settle", s] for s in (0, 1)]
+    assert summary["tta/settle/median_seed_speedup"] == pytest.approx(sum(tta["table"][2]["seed_speedups"]) / 2)
     assert summary["tta/closed/speedup_vs_autograd"] == tta["table"][1]["speedup_vs_autograd"] > 0
     with pytest.raises(SeqepError, match="bench.tta_variants: unknown 'fast'"):
         run_bench(bench_cfg("bench.shapes=[]", "bench.memory_T=[]", "bench.workers=[]", *TINY,

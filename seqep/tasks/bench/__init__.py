@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,8 @@ def run_bench(cfg: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     for t in report.get("time_to_accuracy", {}).get("table", []):
         summary[f"tta/{t['variant']}/median_s"] = t["median_s"]
         summary[f"tta/{t['variant']}/speedup_vs_autograd"] = t["speedup_vs_autograd"]
+        seeds = [r for r in t["seed_speedups"] if r is not None]
+        summary[f"tta/{t['variant']}/median_seed_speedup"] = statistics.median(seeds) if seeds else None
     for r in report.get("data_parallel", []):
         summary[f"data_parallel/{r['shape']}/{r['workers']}_workers/samples_per_s"] = r["samples_per_s"]
     return summary
