@@ -130,20 +130,20 @@ def time_to_accuracy(cfg: DictConfig, names: list[str], seed: int, target: float
             spent = dict.fromkeys(active, 0.0)
             while active:
                 for name, batches in list(active.items()):
-                    trainer, t0 = trainers[name], time.perf_counter()
-                    try:
-                        next(batches)
-                    except StopIteration:  # the epoch's last batch was done: its validation pass, then the schedule
-                        acc = trainer.evaluate("val")["val/acc"]
-                        trainer.end_epoch_schedule()  # as `Trainer.fit` does: the next epoch's learning rate
-                        del active[name]
+                    t0 = time.perf_counter()
+                    if next(batches, None) is not None:  # a batch trained
+                        spent[name] += time.perf_counter() - t0
+                        continue
+                    # the epoch's batches are done: its validation pass, then the schedule as `Trainer.fit` does
+                    acc = trainers[name].evaluate("val")["val/acc"]
+                    trainers[name].end_epoch_schedule()
                     spent[name] += time.perf_counter() - t0
-                    if name not in active:
-                        run = runs[name]
-                        elapsed = (run["curve"][-1]["seconds"] if run["curve"] else 0.0) + spent[name]
-                        run["curve"].append({"epoch": epoch, "val_acc": acc, "seconds": elapsed})
-                        if acc >= target:
-                            run["seconds"], run["epochs"] = elapsed, epoch
+                    del active[name]
+                    run = runs[name]
+                    elapsed = (run["curve"][-1]["seconds"] if run["curve"] else 0.0) + spent[name]
+                    run["curve"].append({"epoch": epoch, "val_acc": acc, "seconds": elapsed})
+                    if acc >= target:
+                        run["seconds"], run["epochs"] = elapsed, epoch
     for run in runs.values():
         run["best_val_acc"] = max(c["val_acc"] for c in run["curve"])
         print(f"bench: time to val acc {target:g}  {run['variant']:12s} seed {seed}: "
