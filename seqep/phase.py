@@ -95,6 +95,15 @@ class ClosedFormPhase:
         shapes = [(B, P, L, d), *((B, h) for h in self.net.fc)]
         self.buffers: list[States] = [[keys.new_empty(shape) for shape in shapes] for _ in range(2)]
         self.turn = 0
+        # what the projections' update reads and writes besides the states, bound once (`_project`)
+        self.work = (self.feedback, self.scores, self.attention, self.probs, self.drive_scores, self.scaled_keys_t,
+                     self.keys, self.mask)
+
+    def _first_half(self, m: int) -> tuple:
+        """`work` for the first `m` examples of the batch (a twin first step)."""
+        feedback, *blocks = self.work
+        b = m * self.net.n_proj
+        return (feedback[:m], *(None if t is None else t[:b] for t in blocks))
 
     def select(self, rows: Tensor) -> ClosedFormPhase:
         """The same phase for some of its examples (`rows`, indices into its batch): the prepared constants are
@@ -144,6 +153,27 @@ class ClosedFormPhase:
                 self._update(i, states, states, new, zero, twin)
         return new
 
+    def _project(self, s1: Tensor, out: Tensor, work: tuple, zero: bool = False) -> None:
+        """The projections' new states into `out` from the first dense layer's `s1`, with `work` (`self.work`, or
+        `_first_half`'s part of it); `zero`: `s1` is zero, so the scores are the drive's."""
+        feedback, scores, attention, probs, drive_scores, scaled_keys_t, keys, mask = work
+        if zero:
+            scores.copy_(drive_scores)
+        else:
+            if self.low_weight is None:
+                torch.mm(s1, self.weights[0], out=feedback)
+            else:
+                torch.sub(s1, self.ref_h, out=self.dev_h)
+                torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=feedback)
+            torch.baddbmm(drive_scores, feedback.view_as(keys), scaled_keys_t, out=scores)
+        if mask is not None:
+            scores.masked_fill_(mask, torch.finfo(scores.dtype).min)
+        if probs is None:
+            torch.softmax(scores, dim=-1, out=attention)
+        else:
+            attention.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32, out=probs))
+        torch.bmm(attention, keys, out=out.view_as(keys))
+
     def _update(self, i: int, src: States, states: States, new: States, zero: bool = False,
                 twin: bool = False) -> None:
         """Layer i's new state into `new[i]`, from its neighbours' states in `src` and its own in `states` (the
@@ -152,29 +182,12 @@ class ClosedFormPhase:
         products are taken for the first half and copied)."""
         weights = self.weights
         if i == 0:  # g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
-            m = len(src[1]) // 2 if twin else None  # the examples computed (None: all)
-            b = None if m is None else m * self.net.n_proj  # their blocks
-            scores, attention = self.scores[:b], self.attention[:b]
-            if zero:  # g_P = drive: the scores are the drive's
-                scores.copy_(self.drive_scores)
-            else:
-                feedback = self.feedback[:m]
-                if self.low_weight is None:
-                    torch.mm(src[1][:m], weights[0], out=feedback)
-                else:
-                    torch.sub(src[1], self.ref_h, out=self.dev_h)
-                    torch.add(self.base_feedback, self.dev_h @ self.low_weight, out=feedback)
-                torch.baddbmm(self.drive_scores[:b], feedback.view(-1, *self.blocks[1:]), self.scaled_keys_t[:b],
-                              out=scores)
-            if self.mask is not None:
-                scores.masked_fill_(self.mask[:b], torch.finfo(scores.dtype).min)
-            if self.probs is None:
-                torch.softmax(scores, dim=-1, out=attention)
-            else:
-                attention.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32, out=self.probs[:b]))
-            torch.bmm(attention, self.keys[:b], out=new[0].view(self.blocks)[:b])
-            if m is not None:
+            if twin:  # the first half, then copied
+                m = len(src[1]) // 2
+                self._project(src[1][:m], new[0][:m], self._first_half(m))
                 new[0][m:].copy_(new[0][:m])
+            else:
+                self._project(src[1], new[0], self.work, zero)
             return
         # dense layer k = i - 1: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
         k, g = i - 1, self.fields_t[i - 1]
