@@ -137,7 +137,11 @@ def relax(
     return RelaxResult(states, steps, largest, mean, trajectory)
 
 
-def converged(change: Tensor, before: Tensor, tol: float | Tensor, floor: float) -> Tensor:
+# a bfloat16 phase's change that stopped shrinking within this many `floor`s of it is a cycle of roundings (`converged`)
+LOW_STALL = 4.0
+
+
+def converged(change: Tensor, before: Tensor, tol: float | Tensor, floor: float, stall: float = 0.0) -> Tensor:
     """Per example: has it settled to `tol`? Its last `change` is below `tol`, and so is its estimated distance to
     the fixed point, `change·ρ/(1−ρ)` with the contraction per step ρ = √(`change`/`before`), `before` being the
     change two steps earlier (two steps: a synchronous step on a layered network moves the even and the odd
@@ -145,9 +149,16 @@ def converged(change: Tensor, before: Tensor, tol: float | Tensor, floor: float)
     still far from its equilibrium: on small networks with scaled-up weights the last change alone stopped
     examples up to 5.5·tol from their fixed point, this test within 1.2·tol, for 0-12 % more steps. A change that
     did not shrink is never settled, unless it is below `floor`, the rounding noise of the dtype (where ρ means
-    nothing). The first two steps (`before` = inf) test the change alone."""
+    nothing). With `stall` (a bfloat16 phase passes `LOW_STALL`), also a change of `floor` itself (one rounding
+    step of a state at 1) and one that stopped shrinking within `stall` times `floor`: a cycle of roundings (on the
+    default run's epoch-1 weights one bfloat16 example in ~1000 flipped a state between two neighbours 1-1.5
+    `floor` apart, relative to the state, and ran to the cap of 100 steps: a tenth of the phase's time). The first
+    two steps (`before` = inf) test the change alone."""
     rho = (change / before).sqrt()
-    return ((change < tol) & (change * rho < tol * (1 - rho))) | (change < floor)
+    settled = (change < tol) & (change * rho < tol * (1 - rho))
+    if not stall:
+        return settled | (change < floor)
+    return settled | (change <= floor) | ((change >= before) & (change <= stall * floor))
 
 
 COMPACT_AT = 0.75  # rebuild the phase for the moving examples once at most this share of its batch still moves
@@ -240,7 +251,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
                         around, updates, twin=pair_tol is not None)
 
     step, cur = build(None), list(states)  # phases never write their start states
-    tol_now, floor = tolerance(rows), resolution(x.dtype)
+    tol_now, floor, stall = tolerance(rows), resolution(x.dtype), LOW_STALL if relative else 0.0
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
     # the changes of the last two steps, oldest first, over `rows` (pairs: `(2, pairs)`, the half-difference's
     # and the mean's over the first halves): what `converged` estimates the contraction from
@@ -250,11 +261,11 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
         new = step(cur)
         if pair_tol is not None:  # `rows` keeps both halves' rows in step: a pair always leaves together
             change = pair_changes(new, cur, relative)
-            both = converged(change, history[0], tol_now, floor).all(0)  # the half-difference's and the mean's
+            both = converged(change, history[0], tol_now, floor, stall).all(0)  # the half-difference's and the mean's
             settled = moving & torch.cat([both, both])
         else:
             change = largest_change(new, cur, relative)
-            settled = moving & converged(change, history[0], tol_now, floor)
+            settled = moving & converged(change, history[0], tol_now, floor, stall)
         history = [history[1], change]
         moving &= ~settled
         still = int(moving.sum())  # the one host sync of a step
