@@ -72,10 +72,17 @@ class ClosedFormPhase:
         self.alternate = alternate
         self.low_weight = None
         if around is not None:
-            (ref_proj, ref_h, *_), self.low_weight = around
-            self.ref_proj, self.ref_h = ref_proj.flatten(1), ref_h  # the caller's start states: never written
-            self.base_feedback = ref_h @ self.weights[0]  # (B, P·L·d)
-            self.base_field = torch.addmm(self.biases[0], self.weights[0], self.ref_proj.T)  # (h, B)
+            self.ref_states, self.low_weight = around  # the caller's start states: never written
+            self.ref_proj, self.ref_h = self.ref_states[0].flatten(1), self.ref_states[1]
+            # from twin reference states (symmetric EP's ±β phases both start from the free state) the float32
+            # products are taken for the first half and copied, as a twin first step does (`__call__`)
+            m = B // 2 if (twin and B // 2 >= TWIN_MIN and keys.device.type == "cpu"
+                           and all(torch.equal(*s.chunk(2)) for s in self.ref_states)) else B
+            self.base_feedback = self.ref_h[:m] @ self.weights[0]  # (B, P·L·d)
+            self.base_field = torch.addmm(self.biases[0], self.weights[0], self.ref_proj[:m].T)  # (h, B)
+            if m < B:
+                self.base_feedback = torch.cat([self.base_feedback, self.base_feedback])
+                self.base_field = torch.cat([self.base_field, self.base_field], 1)
         self._allocate(B)
         self.first = True  # no step taken yet (`__call__`)
 
@@ -137,30 +144,37 @@ class ClosedFormPhase:
         # input product are the same for both halves, so they are computed for the first half and copied (`twin`:
         # the nudge reaches them only from the next step on). On a CPU only: the checks read the states back, which
         # costs an accelerator a host synchronisation, and there a product's cost is mostly its launch anyway
-        zero = twin = False
+        # With `around`, a first step from the reference states themselves has no deviation from them: the
+        # products with the first weight are their reference values (`at_ref`; an identity check, no sync)
+        zero = twin = at_ref = False
         if self.first and self.low_weight is None and self.keys.device.type == "cpu":
             zero = not any(bool(s.any()) for s in states)
             twin = (not zero and self.twin and len(states[0]) >= 2 * TWIN_MIN
                     and all(torch.equal(*s.chunk(2)) for s in states))
+        elif self.first and self.low_weight is not None:
+            at_ref = all(s is r for s, r in zip(states, self.ref_states))
         self.first = False
         if self.alternate:
             for i in layers[0::2]:
-                self._update(i, states, states, new, zero, twin)
+                self._update(i, states, states, new, zero, twin, at_ref)
             for i in layers[1::2]:
                 self._update(i, new, states, new, twin=twin)
         else:
             for i in layers:
-                self._update(i, states, states, new, zero, twin)
+                self._update(i, states, states, new, zero, twin, at_ref)
         return new
 
-    def _project(self, s1: Tensor, out: Tensor, work: tuple, zero: bool = False) -> None:
+    def _project(self, s1: Tensor, out: Tensor, work: tuple, zero: bool = False, at_ref: bool = False) -> None:
         """The projections' new states into `out` from the first dense layer's `s1`, with `work` (`self.work`, or
-        `_first_half`'s part of it); `zero`: `s1` is zero, so the scores are the drive's."""
+        `_first_half`'s part of it); `zero`: `s1` is zero, so the scores are the drive's; `at_ref`: `s1` is
+        `around`'s, so the top-down feedback is its reference value."""
         feedback, scores, attention, probs, drive_scores, scaled_keys_t, keys, mask = work
         if zero:
             scores.copy_(drive_scores)
         else:
-            if self.low_weight is None:
+            if at_ref:
+                feedback = self.base_feedback
+            elif self.low_weight is None:
                 torch.mm(s1, self.weights[0], out=feedback)
             else:
                 torch.sub(s1, self.ref_h, out=self.dev_h)
@@ -175,11 +189,12 @@ class ClosedFormPhase:
         torch.bmm(attention, keys, out=out.view_as(keys))
 
     def _update(self, i: int, src: States, states: States, new: States, zero: bool = False,
-                twin: bool = False) -> None:
+                twin: bool = False, at_ref: bool = False) -> None:
         """Layer i's new state into `new[i]`, from its neighbours' states in `src` and its own in `states` (the
         nudge's β(e_y − s_out)); layer 0 is the projections. `zero`: every state in `src` is zero (the products
         with them are skipped); `twin`: the second half of `src[0]` and `src[1]` repeats the first (their
-        products are taken for the first half and copied)."""
+        products are taken for the first half and copied); `at_ref`: `src` is `around`'s reference states (the
+        first weight's products are their reference values)."""
         weights = self.weights
         if i == 0:  # g_P = drive + unvec(W_1ᵀ s_1); s_P <- softmax(β_att g_P X_Pᵀ) X_P
             if twin:  # the first half, then copied
@@ -187,7 +202,7 @@ class ClosedFormPhase:
                 self._project(src[1][:m], new[0][:m], self._first_half(m))
                 new[0][m:].copy_(new[0][:m])
             else:
-                self._project(src[1], new[0], self.work, zero)
+                self._project(src[1], new[0], self.work, zero, at_ref)
             return
         # dense layer k = i - 1: g_k = W_{k-1} vec(s_{k-1}) + b_{k-1} + W_kᵀ s_{k+1} (+ β (e_y − s_out) at the top)
         k, g = i - 1, self.fields_t[i - 1]
@@ -198,6 +213,8 @@ class ClosedFormPhase:
             m = g.shape[1] // 2
             torch.addmm(self.biases[0], weights[0], prev[:m].T, out=g[:, :m])
             g[:, m:].copy_(g[:, :m])
+        elif k == 0 and at_ref:
+            g.copy_(self.base_field)
         elif k == 0 and self.low_weight is not None:
             torch.sub(prev, self.ref_proj, out=self.dev_proj)
             torch.add(self.base_field, self.low_weight @ self.dev_proj.T, out=g)
