@@ -78,7 +78,7 @@ class ClosedFormPhase:
             # products are taken for the first half and copied, as a twin first step does (`__call__`)
             m = B // 2 if (twin and B // 2 >= TWIN_MIN and keys.device.type == "cpu"
                            and all(torch.equal(*s.chunk(2)) for s in self.ref_states)) else B
-            self.base_feedback = self.ref_h[:m] @ self.weights[0]  # (B, P·L·d)
+            self.base_feedback = torch.mm(self.ref_h[:m], self.weights[0])  # (B, P·L·d)
             self.base_field = torch.addmm(self.biases[0], self.weights[0], self.ref_proj[:m].T)  # (h, B)
             if m < B:
                 self.base_feedback = torch.cat([self.base_feedback, self.base_feedback])

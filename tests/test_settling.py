@@ -128,6 +128,40 @@ def test_products_around_reference_states_split_exactly_and_round_only_the_devia
         assert 0 < err < 2.0**-8 * moved, (err, moved)  # rounding the states themselves: ~2^-8 of |s| ~ 1
 
 
+@pytest.mark.parametrize("alternate", [False, True])
+def test_around_twin_reference_states_take_their_products_once_and_change_nothing(alternate, monkeypatch):
+    """bf16-delta's ±β phases start both halves from the free state: the float32 products at the reference states
+    are taken for one half and copied (the same up to the last bits a product at other rows may differ in), and a
+    first step from the reference states themselves uses them as they are (zero deviation: bitwise the same)."""
+    from seqep.phase import TWIN_MIN, ClosedFormPhase
+
+    from test_updates import _CountRows
+
+    net = small_net("nli", mask_padding=True)
+    half = TWIN_MIN
+    x, y = small_input(net, B=half)
+    two = lambda t: torch.cat([t, t])
+    target = torch.nn.functional.one_hot(y, net.n_classes).to(x.dtype)
+    beta = torch.cat([torch.full((half,), 0.2), torch.full((half,), -0.2)]).to(x.dtype)
+    low = net.dense[0].weight.detach().to(torch.bfloat16)
+    with torch.no_grad():
+        free = [two(s) for s in relax(net, x, net.init_states(half, dtype=x.dtype), 60).states]
+        phase = lambda twin: ClosedFormPhase(net, two(x), beta, two(target), around=(free, low),
+                                             alternate=alternate, twin=twin)
+        count = _CountRows(monkeypatch, net.dense[0].weight)
+        halved = phase(True)
+        assert count.rows == [half, half], count.rows  # the reference products, for one half
+        monkeypatch.undo()
+        at_ref, plain = phase(False), phase(False)
+        a, b, c = free, free, [s.clone() for s in free]  # c: not the reference tensors, so no shortcut
+        for _ in range(4):
+            a, b, c = [s.clone() for s in halved(a)], [s.clone() for s in at_ref(b)], [s.clone() for s in plain(c)]
+            assert all(torch.equal(sb, sc) for sb, sc in zip(b, c))
+            for sa, sc in zip(a, c):
+                torch.testing.assert_close(sa, sc, rtol=0, atol=1e-13)
+        assert max(float((s - f).abs().max()) for s, f in zip(c, free)) > 1e-3  # the nudge moved them
+
+
 def test_settled_examples_stop_costing(monkeypatch):
     """The phase is rebuilt for the examples still moving: the steps run over examples are about the examples'
     own step counts, not batch size x the slowest example's."""
