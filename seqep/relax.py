@@ -8,13 +8,15 @@ steps into two reused buffers, `ClosedFormPhase`), with a graph for BPTT (functi
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import Tensor
 
-from seqep.network import HopfieldEPNet, Network, States
+from seqep.network import ACTIVATION_RANGE, HopfieldEPNet, Network, States
 from seqep.phase import ClosedFormPhase
 from seqep.precision import LOW_DTYPE, resolution, settle_tol
 
@@ -53,15 +55,26 @@ def state_change(new: States, old: States) -> tuple[Tensor, Tensor]:
     return change.amax(1), change.mean(1)
 
 
-def _layer_changes(new: States, old: States, relative: bool = False):
-    """Per layer, `new − old` with one row per example, `(B, units of the layer)`; `relative`: divided by
-    `max(1, |new|)`, how a bfloat16 phase tests settling: bfloat16 rounds a state s to steps of ~|s|·2⁻⁸, so a
-    large state (the attention blocks' reach 5–10 on trained weights) can flip between two neighbours forever; in
-    absolute terms such an example never met `LOW_RESOLUTION` and ran to the cap (6 % of them on the default run's
-    epoch-15 weights, 0 % with this test). Layer by layer, not concatenated: the settling test runs every step."""
-    for a, b in zip(new, old):
+def _layer_changes(new: States, old: States, relative: bool | Sequence[bool] = False):
+    """Per layer, `new − old` with one row per example, `(B, units of the layer)`; `relative` (for every layer, or
+    one flag per layer): divided by `max(1, |new|)`, how a bfloat16 phase tests settling: bfloat16 rounds a state s
+    to steps of ~|s|·2⁻⁸, so a large state (the attention blocks' reach 5–10 on trained weights) can flip between
+    two neighbours forever; in absolute terms such an example never met `LOW_RESOLUTION` and ran to the cap (6 % of
+    them on the default run's epoch-15 weights, 0 % with this test). Layer by layer, not concatenated: the
+    settling test runs every step."""
+    flags = relative if isinstance(relative, Sequence) else [relative] * len(new)
+    for a, b, rel in zip(new, old, flags):
         change = torch.sub(a, b).flatten(1)
-        yield change.div_(a.flatten(1).abs().clamp_min(1.0)) if relative else change
+        yield change.div_(a.flatten(1).abs().clamp_min(1.0)) if rel else change
+
+
+def _relative_layers(net: Network, n_layers: int) -> tuple[bool, ...]:
+    """The layers a bfloat16 settling test divides by `max(1, |s|)`: all, except a HopfieldEPNet's dense layers,
+    whose activations keep them within [-1, 1] (`ACTIVATION_RANGE`), where that divisor is 1 (the same numbers,
+    three passes fewer per layer)."""
+    low, high = ACTIVATION_RANGE.get(getattr(net, "activation", None), (-math.inf, math.inf))
+    bounded = isinstance(net, HopfieldEPNet) and -1.0 <= low and high <= 1.0
+    return (True, *[not bounded] * (n_layers - 1))
 
 
 def largest_change(new: States, old: States, relative: bool = False) -> Tensor:
@@ -219,7 +232,8 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
     mean below `pair_tol`. EP's gradient is the difference of the two, so it needs `tol` there, while what the
     free phase left unsettled moves both halves alike: it only has to settle as far as the free phase did."""
     B = x.shape[0]
-    relative = x.dtype == LOW_DTYPE  # bfloat16: changes relative to max(1, |s|) (`_layer_changes`)
+    # bfloat16: changes relative to max(1, |s|) (`_layer_changes`), where |s| may exceed 1
+    relative = _relative_layers(net, len(states)) if x.dtype == LOW_DTYPE else False
     keys = net.keys(x) if keys is None else keys
     if drive is None and field_mode != "autograd" and hasattr(net, "input_drive"):
         drive = net.input_drive(x)
@@ -276,10 +290,14 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
             ended, before = [n.index_select(0, done) for n in new], [c.index_select(0, done) for c in cur]
             for o, n in zip(out, ended):
                 o.index_copy_(0, idx, n)
-            # the reported changes, of the rows written back only (bfloat16: the largest as it was tested)
-            largest[idx], mean[idx] = state_change(ended, before)
-            if relative:
-                largest[idx] = largest_change(ended, before, relative)
+            # the reported changes, of the rows written back only (bfloat16: the largest as it was tested; one
+            # phase's test measured exactly that, `largest_change`, so it is taken from there)
+            if pair_tol is None:
+                largest[idx], mean[idx] = change[done], _differences(ended, before).abs_().mean(1)
+            else:
+                largest[idx], mean[idx] = state_change(ended, before)
+                if relative:
+                    largest[idx] = largest_change(ended, before, relative)
             ran[idx], met[idx] = t + 1, settled[done]
         n_moving = still
         if n_moving == 0:
