@@ -133,9 +133,9 @@ def test_around_twin_reference_states_take_their_products_once_and_change_nothin
     """bf16-delta's ±β phases start both halves from the free state: the float32 products at the reference states
     are taken for one half and copied (the same up to the last bits a product at other rows may differ in), and a
     first step from the reference states themselves uses them as they are (zero deviation: bitwise the same)."""
-    from seqep.phase import TWIN_MIN, ClosedFormPhase
-
     from test_updates import _CountRows
+
+    from seqep.phase import TWIN_MIN, ClosedFormPhase
 
     net = small_net("nli", mask_padding=True)
     half = TWIN_MIN
