@@ -17,6 +17,13 @@ from seqep.precision import LOW_DTYPE
 TWIN_MIN = 16
 
 
+def _halves_repeat(states: States) -> bool:
+    """Whether the second half of every state repeats the first, with at least `TWIN_MIN` examples a half, on a
+    CPU (the check reads the states back, which would cost an accelerator a host synchronisation)."""
+    return (len(states[0]) >= 2 * TWIN_MIN and states[0].device.type == "cpu"
+            and all(torch.equal(*s.chunk(2)) for s in states))
+
+
 class ClosedFormPhase:
     """Closed-form synchronous steps for one phase (fixed x, β, target) without autograd and without per-step
     allocation of the large tensors (SPEC.md §3); `relax` uses it under `torch.no_grad()`.
@@ -76,8 +83,7 @@ class ClosedFormPhase:
             self.ref_proj, self.ref_h = self.ref_states[0].flatten(1), self.ref_states[1]
             # from twin reference states (symmetric EP's ±β phases both start from the free state) the float32
             # products are taken for the first half and copied, as a twin first step does (`__call__`)
-            m = B // 2 if (twin and B // 2 >= TWIN_MIN and keys.device.type == "cpu"
-                           and all(torch.equal(*s.chunk(2)) for s in self.ref_states)) else B
+            m = B // 2 if twin and _halves_repeat(self.ref_states) else B
             self.base_feedback = torch.mm(self.ref_h[:m], self.weights[0])  # (B, P·L·d)
             self.base_field = torch.addmm(self.biases[0], self.weights[0], self.ref_proj[:m].T)  # (h, B)
             if m < B:
@@ -149,8 +155,7 @@ class ClosedFormPhase:
         zero = twin = at_ref = False
         if self.first and self.low_weight is None and self.keys.device.type == "cpu":
             zero = not any(bool(s.any()) for s in states)
-            twin = (not zero and self.twin and len(states[0]) >= 2 * TWIN_MIN
-                    and all(torch.equal(*s.chunk(2)) for s in states))
+            twin = not zero and self.twin and _halves_repeat(states)
         elif self.first and self.low_weight is not None:
             at_ref = all(s is r for s, r in zip(states, self.ref_states))
         self.first = False

@@ -52,6 +52,10 @@ LOW_DTYPE = torch.bfloat16  # the free phase's dtype in bf16-mixed
 # default run's epoch-15 weights: 15.8 mean steps and no example at the cap (absolute: 23 steps, 6 % at the cap;
 # with tol 1e-3 17 % ran to the cap); states 0.03 from float32's, as bfloat16 itself is
 LOW_RESOLUTION = 2.0**-7
+# a bfloat16 change that stopped shrinking within this many `LOW_RESOLUTION`s is a cycle of roundings, not motion
+# (`seqep.relax.converged`): one example in ~1000 of the default run flipped a state between two neighbours 1-1.5
+# resolutions apart and, without this, ran to the step cap alone
+LOW_STALL = 4.0
 
 
 def resolution(dtype: torch.dtype) -> float:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from seqep.network import ACTIVATION_RANGE, HopfieldEPNet, Network, States
 from seqep.phase import ClosedFormPhase
-from seqep.precision import LOW_DTYPE, resolution, settle_tol
+from seqep.precision import LOW_DTYPE, LOW_STALL, resolution, settle_tol
 
 FIELD_MODES = ("closed", "autograd")
 # the order of a step's layer updates: every layer from the last states (the paper's), or the even layers (the
@@ -150,10 +150,6 @@ def relax(
     return RelaxResult(states, steps, largest, mean, trajectory)
 
 
-# a bfloat16 phase's change that stopped shrinking within this many `floor`s of it is a cycle of roundings (`converged`)
-LOW_STALL = 4.0
-
-
 def converged(change: Tensor, before: Tensor, tol: float | Tensor, floor: float, stall: float = 0.0) -> Tensor:
     """Per example: has it settled to `tol`? Its last `change` is below `tol`, and so is its estimated distance to
     the fixed point, `change·ρ/(1−ρ)` with the contraction per step ρ = √(`change`/`before`), `before` being the
@@ -162,12 +158,11 @@ def converged(change: Tensor, before: Tensor, tol: float | Tensor, floor: float,
     still far from its equilibrium: on small networks with scaled-up weights the last change alone stopped
     examples up to 5.5·tol from their fixed point, this test within 1.2·tol, for 0-12 % more steps. A change that
     did not shrink is never settled, unless it is below `floor`, the rounding noise of the dtype (where ρ means
-    nothing). With `stall` (a bfloat16 phase passes `LOW_STALL`), also a change that stopped shrinking within
-    `stall` times `floor`: a cycle of roundings (on the default run's epoch-1 weights one bfloat16 example in ~1000
-    flipped a state between two neighbours 1-1.5 `floor` apart, relative to the state, and ran to the cap of 100
-    steps: a tenth of the phase's time). Not any change of one `floor`: a state moving by that much while still
-    shrinking is not done (letting it stop cost the mixed mode's gradient 0.0006 of cosine to float64 on the
-    default run's weights). The first two steps (`before` = inf) test the change alone."""
+    nothing). With `stall` (a bfloat16 phase passes `seqep.precision.LOW_STALL`), also a change that stopped
+    shrinking within `stall` times `floor`: a cycle of roundings (one bfloat16 example in ~1000 of the default run
+    ran to the cap of 100 steps alone: a tenth of the phase's time). Not any change of one `floor`: a state moving
+    by that much while still shrinking is not done (letting it stop cost the mixed mode's gradient 0.0006 of cosine
+    to float64 on the default run's weights). The first two steps (`before` = inf) test the change alone."""
     rho = (change / before).sqrt()
     settled = ((change < tol) & (change * rho < tol * (1 - rho))) | (change < floor)
     return settled | ((change >= before) & (change <= stall * floor)) if stall else settled
@@ -264,7 +259,7 @@ def relax_per_example(net: Network, x: Tensor, states: States, steps: int, beta:
                         around, updates, twin=pair_tol is not None)
 
     step, cur = build(None), list(states)  # phases never write their start states
-    tol_now, floor, stall = tolerance(rows), resolution(x.dtype), LOW_STALL if relative else 0.0
+    tol_now, floor, stall = tolerance(rows), resolution(x.dtype), LOW_STALL if x.dtype == LOW_DTYPE else 0.0
     moving = torch.ones(B, dtype=torch.bool, device=x.device)  # over `rows`
     # the changes of the last two steps, oldest first, over `rows` (pairs: `(2, pairs)`, the half-difference's
     # and the mean's over the first halves): what `converged` estimates the contraction from

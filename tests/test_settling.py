@@ -9,7 +9,7 @@ import torch
 from seqep.estimators import EP
 from seqep.relax import relax
 
-from small_models import small_input, small_net
+from small_models import CountRows, small_input, small_net
 
 
 @pytest.mark.parametrize("kind", ["sentiment", "nli"])
@@ -133,8 +133,6 @@ def test_around_twin_reference_states_take_their_products_once_and_change_nothin
     """bf16-delta's ±β phases start both halves from the free state: the float32 products at the reference states
     are taken for one half and copied (the same up to the last bits a product at other rows may differ in), and a
     first step from the reference states themselves uses them as they are (zero deviation: bitwise the same)."""
-    from test_updates import _CountRows
-
     from seqep.phase import TWIN_MIN, ClosedFormPhase
 
     net = small_net("nli", mask_padding=True)
@@ -148,7 +146,7 @@ def test_around_twin_reference_states_take_their_products_once_and_change_nothin
         free = [two(s) for s in relax(net, x, net.init_states(half, dtype=x.dtype), 60).states]
         phase = lambda twin: ClosedFormPhase(net, two(x), beta, two(target), around=(free, low),
                                              alternate=alternate, twin=twin)
-        count = _CountRows(monkeypatch, net.dense[0].weight)
+        count = CountRows(monkeypatch, net.dense[0].weight)
         halved = phase(True)
         assert count.rows == [half, half], count.rows  # the reference products, for one half
         monkeypatch.undo()

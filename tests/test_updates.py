@@ -12,7 +12,7 @@ from seqep.estimators import EP
 from seqep.phase import TWIN_MIN, ClosedFormPhase
 from seqep.relax import relax
 
-from small_models import small_input, small_net
+from small_models import CountRows, small_input, small_net
 
 
 def _by_hand(net, x, states, beta, target):
@@ -112,24 +112,6 @@ def test_alternating_steps_cost_what_synchronous_ones_do(monkeypatch):
     assert counts["synchronous"] == counts["alternating"] == 5
 
 
-class _CountRows:
-    """Counts the rows of every `torch.mm` / `torch.addmm` product with the first dense weight (the big ones)."""
-
-    def __init__(self, monkeypatch, weight):
-        self.rows, self.weight = [], weight
-        for name in ("mm", "addmm"):
-            monkeypatch.setattr(torch, name, self._wrap(getattr(torch, name)))
-
-    def _wrap(self, product):
-        def counted(*args, **kw):
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if any(t is self.weight for t in tensors):
-                other = tensors[-1] if tensors[-1] is not self.weight else tensors[-2]
-                self.rows.append(other.shape[0] if other.shape[0] != self.weight.shape[1] else other.shape[1])
-            return product(*args, **kw)
-        return counted
-
-
 @pytest.mark.parametrize("kind", ["sentiment", "nli"])
 @pytest.mark.parametrize("updates", ["synchronous", "alternating"])
 def test_a_first_step_from_zero_states_skips_the_products_with_them_and_changes_nothing(kind, updates, monkeypatch):
@@ -140,7 +122,7 @@ def test_a_first_step_from_zero_states_skips_the_products_with_them_and_changes_
     zero = net.init_states(6, dtype=x.dtype)
     with torch.no_grad():
         want = (_by_hand if updates == "alternating" else (lambda n, *a: n.step(*a)))(net, x, zero, 0.3, target)
-        count = _CountRows(monkeypatch, net.dense[0].weight)
+        count = CountRows(monkeypatch, net.dense[0].weight)
         phase = ClosedFormPhase(net, x, 0.3, target, alternate=updates == "alternating")
         got = [s.clone() for s in phase(zero)]
         first = len(count.rows)
@@ -171,7 +153,7 @@ def test_twin_halves_take_the_first_steps_big_products_once_and_change_nothing(k
     with torch.no_grad():
         for states, halved in ((start, True), (apart, False)):
             want = step(net, two(x), states, beta, two(target))
-            count = _CountRows(monkeypatch, net.dense[0].weight)
+            count = CountRows(monkeypatch, net.dense[0].weight)
             got = ClosedFormPhase(net, two(x), beta, two(target), alternate=updates == "alternating",
                                   twin=True)(states)
             for w, o in zip(want, got):
